@@ -1,0 +1,538 @@
+"""What every recipe shares: config parsing, the one model loader, run directories, saving.
+
+This is the only module that calls `FastLanguageModel.from_pretrained` and `get_peft_model`.
+Recipes import `recipes.boot` first (it imports Unsloth before transformers/TRL), then this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import TrainerCallback
+from trl import ModelConfig, TrlParser
+
+from data.common import DataError
+
+
+class UserError(Exception):
+    """A mistake the user can fix; `run_cli` prints it as one line and exits non-zero."""
+
+
+def run_cli(main, argv: list[str] | None = None) -> None:
+    """Run a recipe's `main(argv)`, turning user mistakes into one clear line and exit code 2."""
+    try:
+        main(argv)
+    except (UserError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command with --resume to continue from the last checkpoint",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+# --------------------------------------------------------------------------------------- configs
+@dataclass
+class ModelArguments(ModelConfig):
+    """TRL's `ModelConfig` plus what the Unsloth loader needs.
+
+    Fields added to (or changed from) TRL's:
+        dtype (`str`, defaults to `"auto"`): bf16 where the hardware has it, else fp16.
+        backend (`str`, defaults to `"unsloth"`): `unsloth` (FastLanguageModel) or `hf` (plain
+            transformers + PEFT + bitsandbytes), same LoRA settings and outputs.
+        max_seq_length (`int`, defaults to `2048`): longest prompt + completion the model sees.
+        gradient_checkpointing_mode (`str`, defaults to `"unsloth"`): `unsloth` (offloaded, least
+            memory), `true` (standard) or `false`.
+        fast_inference (`bool`, defaults to `False`): generate with vLLM through Unsloth. Needs a
+            GPU and the `vllm` extra; otherwise the run says so and uses HF `generate`.
+        gpu_memory_utilization (`float`, defaults to `0.6`): vLLM's share of GPU memory.
+        trust_remote_code (`bool`, defaults to `False`): allow model code from the hub.
+        require_chat_template (`bool`, defaults to `True`): fail when the tokenizer has no chat
+            template (chat recipes need one; the PPO GPT-2 does not).
+        device (`str`, defaults to `"auto"`): `auto`, `cuda` or `cpu`; `cuda` fails on a machine
+            without a GPU instead of silently training on the CPU.
+    """
+
+    dtype: str | None = field(
+        default="auto", metadata={"help": "'auto' (bf16 where supported), 'bfloat16', 'float16' or 'float32'."}
+    )
+    backend: str = field(default="unsloth", metadata={"help": "Model backend: 'unsloth' or 'hf'."})
+    max_seq_length: int = field(default=2048, metadata={"help": "Maximum prompt + completion tokens."})
+    gradient_checkpointing_mode: str = field(
+        default="unsloth", metadata={"help": "Gradient checkpointing: 'unsloth', 'true' or 'false'."}
+    )
+    fast_inference: bool = field(default=False, metadata={"help": "Use vLLM through Unsloth for generation."})
+    gpu_memory_utilization: float = field(default=0.6, metadata={"help": "vLLM share of GPU memory."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub."})
+    require_chat_template: bool = field(default=True, metadata={"help": "Fail if the tokenizer lacks a chat template."})
+    device: str = field(default="auto", metadata={"help": "'auto', 'cuda' or 'cpu'."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.backend not in ("unsloth", "hf"):
+            raise UserError(f"backend must be 'unsloth' or 'hf', got {self.backend!r}")
+        if self.gradient_checkpointing_mode not in ("unsloth", "true", "false"):
+            raise UserError("gradient_checkpointing_mode must be 'unsloth', 'true' or 'false'")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise UserError(f"device must be 'auto', 'cuda' or 'cpu', got {self.device!r}")
+
+
+@dataclass
+class RunArguments:
+    """Options about the run directory, shared by every recipe.
+
+    Fields:
+        resume (`bool`, defaults to `False`): continue from the last checkpoint in `output_dir`.
+        save_merged (`bool`, defaults to `False`): also save the model with the adapter merged, in
+            16-bit, under `output_dir/merged` (for vLLM serving or as the next stage's base).
+        on_bad_rows (`str`, defaults to `"skip"`): `skip` or `fail` on malformed data rows.
+    """
+
+    resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
+    save_merged: bool = field(default=False, metadata={"help": "Also save a merged 16-bit model."})
+    on_bad_rows: str = field(default="skip", metadata={"help": "'skip' or 'fail' on malformed data rows."})
+
+
+def parse_args(dataclass_types: list[type], argv: list[str] | None = None) -> tuple[Any, ...]:
+    """`--config file.yaml` plus `--key value` overrides -> dataclasses, through TRL's parser.
+
+    Unknown YAML keys fail before any model is loaded, with the closest known names suggested.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise UserError("--config needs a YAML file path")
+        path = argv[index + 1]
+        if not os.path.isfile(path):
+            raise UserError(f"config file not found: {path} (see configs/ for the shipped ones)")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                config = yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{path} must be a YAML mapping of option: value")
+        unknown = sorted(set(config) - known - {"env"})
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+            raise UserError(f"unknown key(s) in {path}: {', '.join(hints)}. Remove them or fix the spelling.")
+    parser = TrlParser(dataclass_types)
+    try:
+        return parser.parse_args_and_config(argv)
+    except ValueError as err:  # TRL/HF raise ValueError for bad values
+        raise UserError(str(err).splitlines()[0]) from None
+
+
+def config_to_dict(*configs: Any) -> dict[str, Any]:
+    """Flatten dataclass configs into one JSON-able dict (later configs win on shared names)."""
+    resolved: dict[str, Any] = {}
+    for cfg in configs:
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if hasattr(value, "value"):  # enums
+                value = value.value
+            try:
+                json.dumps(value)
+            except TypeError:
+                value = repr(value)
+            resolved[f.name] = value
+    return resolved
+
+
+# --------------------------------------------------------------------------------------- devices
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_device(margs: ModelArguments) -> str:
+    """Resolve `device`, failing clearly when the config needs a GPU this machine lacks."""
+    if margs.device == "cuda" and not has_cuda():
+        raise UserError("device: cuda was requested but no CUDA GPU is visible; use device: auto (or cpu)")
+    return "cuda" if (margs.device != "cpu" and has_cuda()) else "cpu"
+
+
+def fit_precision(targs: Any) -> None:
+    """Pick bf16 where the hardware has it, fp16 on older GPUs; say so when the config is changed."""
+    import torch
+
+    if has_cuda() and getattr(targs, "bf16", False) and not torch.cuda.is_bf16_supported():
+        print("[precision] this GPU has no bfloat16: training in float16 instead")
+        targs.bf16, targs.fp16 = False, True
+
+
+def resolve_dtype(name: str | None, device: str):
+    """Model dtype: 'auto' means bf16 where supported (CPU included), else fp16 on old GPUs."""
+    import torch
+
+    if name in (None, "auto"):
+        if device == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    try:
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+    except KeyError:
+        raise UserError(f"dtype must be auto, bfloat16, float16 or float32, got {name!r}") from None
+
+
+# ------------------------------------------------------------------------------------ model load
+def is_local_path(name: str) -> bool:
+    """A model name that can only be a local path (hub ids look like 'org/name')."""
+    return name.startswith((".", "/", "~")) or os.path.exists(name) or name.count("/") > 1
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model named by a LoRA adapter directory, or None if `path` is not an adapter."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text())["base_model_name_or_path"]
+
+
+def default_target_modules(model) -> list[str]:
+    """LoRA targets: every attention/MLP projection of the architecture (GPT-2 uses Conv1D)."""
+    names = set()
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        kind = type(module).__name__
+        if kind in ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D") and leaf not in ("lm_head", "score", "embed_out"):
+            names.add(leaf)
+    if not names:
+        raise UserError(f"found no linear layers to attach LoRA to in {type(model).__name__}; set lora_target_modules")
+    return sorted(names)
+
+
+def ensure_pad_token(tokenizer, model=None) -> None:
+    """Give the tokenizer a pad token that is not eos.
+
+    TRL builds attention masks as `ids != pad_token_id` (PPO) and masks labels at pad; with
+    pad == eos a chat prompt containing eos would be silently masked.
+    """
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<|endoftext|>", "<|fim_pad|>", "<|PAD_TOKEN|>", "<pad>", "[PAD]"):
+        if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            break
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_model_and_tokenizer(margs: ModelArguments, seed: int = 42, for_training: bool = True):
+    """Load a causal LM and tokenizer through the chosen backend and attach LoRA.
+
+    `model_name_or_path` may be a hub id, a local model directory, or a LoRA adapter directory (its
+    base is loaded and the adapter continues training). Returns `(model, tokenizer)`; prints one
+    line saying which backend, device and precision were chosen.
+    """
+    name = os.path.expanduser(margs.model_name_or_path or "")
+    if not name:
+        raise UserError("model_name_or_path is not set: give a hub id or a local model directory")
+    if is_local_path(name) and not os.path.exists(name):
+        raise UserError(f"model path not found: {name} (check the path, or run `make tiny-models` for the tiny configs)")
+    device = check_device(margs)
+    base = adapter_base(name) if os.path.isdir(name) else None
+    load_name = base or name
+    dtype = resolve_dtype(margs.dtype, device)
+    want_4bit = bool(margs.load_in_4bit)
+
+    fast_inference = False
+    if margs.fast_inference:
+        if device != "cuda":
+            print("[model] fast_inference (vLLM) needs a CUDA GPU: generating with Hugging Face generate instead")
+        elif margs.backend != "unsloth":
+            print("[model] fast_inference is Unsloth's vLLM path; backend hf generates with HF generate "
+                  "(use TRL's use_vllm for a vLLM server)")
+        else:
+            try:
+                import vllm  # noqa: F401
+                fast_inference = True
+            except ImportError:
+                print("[model] fast_inference requested but vLLM is not installed (pip install '.[vllm]'): "
+                      "generating with Hugging Face generate")
+
+    t0 = time.time()
+    try:
+        if margs.backend == "unsloth":
+            model, tokenizer = _load_unsloth(margs, load_name, dtype, want_4bit, fast_inference)
+        else:
+            model, tokenizer = _load_hf(margs, load_name, dtype, want_4bit, device)
+    except OSError as err:
+        raise UserError(
+            f"could not load model {load_name!r}: {str(err).splitlines()[0]} "
+            "(offline? use a local directory, e.g. the embedded model: make demo)"
+        ) from None
+
+    where = f"CUDA ({__import__('torch').cuda.get_device_name(0)})" if device == "cuda" else "CPU"
+    print(
+        f"[model] {load_name}: backend={margs.backend} on {where}, "
+        f"{'4-bit' if want_4bit else str(dtype).replace('torch.', '')} weights, "
+        f"generation={'vLLM' if fast_inference else 'HF generate'} ({time.time() - t0:.1f}s)"
+    )
+
+    if tokenizer.chat_template is None and margs.require_chat_template:
+        raise UserError(
+            f"{load_name} has no chat template; use an -Instruct model or set require_chat_template: false"
+        )
+    ensure_pad_token(tokenizer, model)
+    tokenizer.padding_side = "left"  # generation appends to the right end of every row
+
+    if base is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, name, is_trainable=for_training)
+        print(f"[model] continuing the LoRA adapter from {name}")
+    elif margs.use_peft and for_training:
+        model = _attach_lora(margs, model, seed)
+    return model, tokenizer
+
+
+def _load_unsloth(margs, name, dtype, want_4bit, fast_inference):
+    from unsloth import FastLanguageModel
+
+    kwargs = dict(
+        model_name=name,
+        max_seq_length=margs.max_seq_length,
+        dtype=dtype,
+        load_in_4bit=want_4bit,
+        trust_remote_code=margs.trust_remote_code,
+    )
+    if fast_inference:
+        kwargs.update(fast_inference=True, gpu_memory_utilization=margs.gpu_memory_utilization,
+                      max_lora_rank=margs.lora_r)
+    return FastLanguageModel.from_pretrained(**kwargs)
+
+
+def _load_hf(margs, name, dtype, want_4bit, device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quant = None
+    if want_4bit:
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=margs.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=margs.use_bnb_nested_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        name,
+        dtype=dtype,
+        quantization_config=quant,
+        device_map={"": 0} if device == "cuda" else None,
+        trust_remote_code=margs.trust_remote_code,
+        attn_implementation=margs.attn_implementation,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=margs.trust_remote_code)
+    return model, tokenizer
+
+
+def _attach_lora(margs: ModelArguments, model, seed: int):
+    targets = margs.lora_target_modules or default_target_modules(model)
+    checkpointing = {"unsloth": "unsloth", "true": True, "false": False}[margs.gradient_checkpointing_mode]
+    if margs.backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=margs.lora_r,
+            lora_alpha=margs.lora_alpha,
+            lora_dropout=margs.lora_dropout,
+            target_modules=targets,
+            bias="none",
+            use_gradient_checkpointing=checkpointing,
+            use_rslora=margs.use_rslora,
+            random_state=seed,
+            max_seq_length=margs.max_seq_length,
+        )
+    else:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if margs.load_in_4bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(checkpointing))
+        elif checkpointing:
+            model.gradient_checkpointing_enable()
+        config = LoraConfig(
+            r=margs.lora_r,
+            lora_alpha=margs.lora_alpha,
+            lora_dropout=margs.lora_dropout,
+            target_modules=targets,
+            use_rslora=margs.use_rslora,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"[model] LoRA r={margs.lora_r} alpha={margs.lora_alpha} on {','.join(targets)}: {trainable:,} trainable")
+    return model
+
+
+# --------------------------------------------------------------------------------- run directory
+def prepare_output_dir(output_dir: str, resume: bool) -> str | None:
+    """Make `output_dir` ready; returns the checkpoint to resume from, if any.
+
+    A non-empty directory is never overwritten: without `--resume` the run refuses to start.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output_dir {output_dir} is a file; choose a directory")
+    occupied = path.is_dir() and any(path.iterdir())
+    if not occupied:
+        if resume:
+            raise UserError(f"--resume given but {output_dir} holds no run yet; drop --resume to start it")
+        path.mkdir(parents=True, exist_ok=True)
+        return None
+    if not resume:
+        raise UserError(
+            f"{output_dir} already holds a run; pass --resume to continue it, "
+            "or --output_dir NEW_DIR to start fresh (nothing is overwritten)"
+        )
+    checkpoint = get_last_checkpoint(str(path))
+    if checkpoint is None:
+        raise UserError(f"--resume: no checkpoint-* directory in {output_dir} to resume from")
+    print(f"[run] resuming from {checkpoint}")
+    return checkpoint
+
+
+def git_revision() -> str:
+    """The repository's HEAD commit (with '+dirty' when the tree has changes), or 'unknown'."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide a run's numbers, plus the device."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes",
+                "unsloth", "unsloth_zoo", "vllm"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    import torch
+
+    versions["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    return versions
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a single process): only it writes run files."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename), UTF-8, Vietnamese kept readable."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_run_info(output_dir: str, *configs: Any, extra: dict[str, Any] | None = None) -> None:
+    """Record the resolved config, library versions and git revision in the run directory."""
+    if not is_main_process():
+        return
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = config_to_dict(*configs)
+    name = "config.yaml" if not (out / "config.yaml").exists() else f"config.resume-{int(time.time())}.yaml"
+    tmp = out / f".{name}.tmp"
+    tmp.write_text(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, out / name)
+    info = {"git_revision": git_revision(), "versions": library_versions(), "command": sys.argv,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if extra:
+        info.update(extra)
+    write_json(out / ("run_info.json" if name == "config.yaml" else name.replace(".yaml", ".run_info.json")), info)
+
+
+class JsonlMetricsCallback(TrainerCallback):
+    """Append every logged metrics dict to `output_dir/metrics.jsonl` (rank 0 only)."""
+
+    def __init__(self, output_dir: str):
+        self.path = Path(output_dir) / "metrics.jsonl"
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
+        row.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str, bool)) or v is None})
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------------------- save
+def save_final(trainer, tokenizer, output_dir: str, margs: ModelArguments, save_merged: bool) -> Path:
+    """Save the final adapter (or full model) to `output_dir/adapter` and optionally a merged copy."""
+    out = Path(output_dir)
+    final = out / ("adapter" if margs.use_peft else "model")
+    trainer.save_model(str(final))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(final))
+        print(f"[run] saved {final}")
+        if save_merged and margs.use_peft:
+            merge_adapter(str(final), str(out / "merged"), trust_remote_code=margs.trust_remote_code)
+    return final
+
+
+def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "bfloat16", trust_remote_code: bool = False) -> None:
+    """Merge a LoRA adapter into its base model in 16-bit and save it.
+
+    The base is reloaded unquantized rather than merged into 4-bit weights: merging into NF4
+    rounds the adapter away. Needs the base in CPU RAM (about 2 bytes per parameter).
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = adapter_base(adapter_dir)
+    if base is None:
+        raise UserError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
+    if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
+        raise UserError(f"{out_dir} already exists; not overwriting a merged model")
+    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tmp = Path(out_dir).with_name(Path(out_dir).name + ".tmp")
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    os.replace(tmp, out_dir)
+    print(f"[run] merged 16-bit model saved to {out_dir}")

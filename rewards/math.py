@@ -230,27 +230,38 @@ def _segment_value(segment: str) -> float | None:
     return found[0][0] if found else None
 
 
+def _line_at(text: str, start: int) -> tuple[str, int]:
+    """The text from ``start`` to the end of its line, and where the next line starts."""
+    end = text.find("\n", start)
+    return (text[start:], len(text)) if end < 0 else (text[start:end], end + 1)
+
+
 def _after_marker(text: str, end: int) -> float | None:
     """Number on the rest of the line after a marker, else on the next non-empty line
-    ("Đáp số:\\n42")."""
-    rest = text[end:]
-    line, _, remainder = rest.partition("\n")
+    ("Đáp số:\n42")."""
+    line, next_start = _line_at(text, end)
     value = _segment_value(line)
     if value is None and not line.strip("*_ \t:"):
-        next_line = remainder.lstrip().partition("\n")[0]
-        value = _segment_value(next_line)
+        while next_start < len(text) and text[next_start] in " \t\r\n":
+            next_start += 1
+        value = _segment_value(_line_at(text, next_start)[0])
     return value
 
 
+# A boxed answer is short: scanning at most this far keeps a runaway "\boxed{\boxed{..." cheap.
+_BOXED_MAX_CHARS = 500
+_BOXED_MAX_COUNT = 20
+
+
 def _boxed_contents(text: str) -> list[str]:
-    """Contents of every \\boxed{...}, braces balanced."""
+    """Contents of the last `_BOXED_MAX_COUNT` \\boxed{...}, braces balanced, in text order."""
     contents = []
-    for m in _BOXED_RE.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
+    for m in list(_BOXED_RE.finditer(text))[-_BOXED_MAX_COUNT:]:
+        depth, i, stop = 1, m.end(), min(len(text), m.end() + _BOXED_MAX_CHARS)
+        while i < stop and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
-        contents.append(text[m.end() : i - 1] if depth == 0 else text[m.end() :])
+        contents.append(text[m.end() : i - 1] if depth == 0 else text[m.end() : i])
     return contents
 
 

@@ -204,7 +204,13 @@ def convert_gguf(gguf_path: Path):
         raise EmbeddedModelError("the `gguf` package is missing: `pip install gguf`, then rerun") from None
     import torch
     from tokenizers import decoders, pre_tokenizers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     folder, name = str(gguf_path.parent), gguf_path.name
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)

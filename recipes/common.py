@@ -104,6 +104,28 @@ class RunArguments:
     on_bad_rows: str = field(default="skip", metadata={"help": "'skip' or 'fail' on malformed data rows."})
 
 
+class _SharedFieldParser(TrlParser):
+    """TrlParser where a field declared by several dataclasses is ONE option whose value reaches all
+    of them: `trust_remote_code` is in ModelArguments and in TRL's SFT/DPO/GRPO/Reward configs, and
+    plain argparse refuses the duplicate option."""
+
+    def __init__(self, dataclass_types):
+        super().__init__(dataclass_types, conflict_handler="resolve")
+
+    def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
+        namespace, remaining = self.parse_known_args(args=args)
+        values = vars(namespace)
+        outputs = [
+            dtype(**{f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values})
+            for dtype in self.dataclass_types
+        ]
+        if return_remaining_strings:
+            return (*outputs, remaining)
+        if remaining:
+            raise ValueError(f"unknown command-line option(s): {' '.join(remaining)}")
+        return tuple(outputs)
+
+
 def parse_args(dataclass_types: list[type], argv: list[str] | None = None) -> tuple[Any, ...]:
     """`--config file.yaml` plus `--key value` overrides -> dataclasses, through TRL's parser.
 
@@ -132,7 +154,7 @@ def parse_args(dataclass_types: list[type], argv: list[str] | None = None) -> tu
                 close = difflib.get_close_matches(key, known, n=1)
                 hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
             raise UserError(f"unknown key(s) in {path}: {', '.join(hints)}. Remove them or fix the spelling.")
-    parser = TrlParser(dataclass_types)
+    parser = _SharedFieldParser(dataclass_types)
     try:
         return parser.parse_args_and_config(argv)
     except ValueError as err:  # TRL/HF raise ValueError for bad values

@@ -5,12 +5,19 @@ name in `results.json`; `write_comparison` renders every task as a table with on
 (base, SFT, GRPO, ...) and one column per metric - the layout of the published work's Table I -
 plus a grouped bar chart of the headline metrics.
 
-    python -m evaluate.report runs/eval      # re-render comparison.md / comparison.png
+When runs of a task carry a ``predictions`` file (a path relative to the results directory, each
+line with a 0/1 ``correct``), the table is followed by paired bootstrap intervals of every run's
+accuracy minus the baseline's (the first run recorded, or ``--baseline``) on the problems both
+answered: the honest way to read a 5-point gain on 100 problems.
+
+    python -m evaluate.report runs/eval                  # re-render comparison.md / comparison.png
+    python -m evaluate.report runs/eval --baseline sft   # intervals against the "sft" row
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 from pathlib import Path
@@ -23,6 +30,15 @@ HEADLINE = {
     "preference": ["preference_accuracy", "mean_margin"],
     "sentiment": ["negative_share", "mean_reward", "distinct_2"],
 }
+# Per task, the column order of the table (glob patterns; unlisted metrics follow in first-seen order).
+COLUMNS = {
+    "gsm8k": ["n", "accuracy", "accuracy_strict", "pass@*", "maj@*", "format_rate", "rouge1", "rouge2", "rougeL",
+              "sacrebleu", "mean_completion_tokens", "problems_per_s", "decoding"],
+}
+# Text-valued entries shown as columns (other strings, such as file paths, stay out of the table).
+TEXT_COLUMNS = {"decoding"}
+# Metrics on a 0-100 scale: divided by this in the chart so they share the 0-1 axis.
+CHART_SCALE = {"sacrebleu": 100.0}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -49,6 +65,10 @@ def record_result(results_dir: str | Path, task: str, run: str, metrics: dict[st
     return write_comparison(results_dir)[0]
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return str(value)
@@ -56,29 +76,68 @@ def _fmt(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
-    return "" if value is None else str(value)
+    return "" if value is None else str(value).replace("|", "\\|")
 
 
-def markdown_table(runs: dict[str, dict[str, Any]]) -> str:
-    """One row per run, one column per numeric metric (in first-seen order)."""
-    columns: list[str] = []
+def table_columns(runs: dict[str, dict[str, Any]], task: str | None = None) -> list[str]:
+    """Columns of a task's table: the task's preferred order first, then the rest as first seen."""
+    seen: list[str] = []
     for metrics in runs.values():
         for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in columns:
-                columns.append(key)
+            if (_is_number(value) or (key in TEXT_COLUMNS and isinstance(value, str))) and key not in seen:
+                seen.append(key)
+    ordered: list[str] = []
+    for pattern in COLUMNS.get(task or "", []):
+        ordered += [k for k in seen if fnmatch.fnmatchcase(k, pattern) and k not in ordered]
+    return ordered + [k for k in seen if k not in ordered]
+
+
+def markdown_table(runs: dict[str, dict[str, Any]], task: str | None = None) -> str:
+    """One row per run, one column per metric (the task's order, then first-seen order)."""
+    columns = table_columns(runs, task)
     lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for run, metrics in runs.items():
         lines.append(f"| {run} | " + " | ".join(_fmt(metrics.get(c)) for c in columns) + " |")
     return "\n".join(lines)
 
 
-def write_comparison(results_dir: str | Path) -> tuple[Path, Path | None]:
+def paired_section(results_dir: Path, runs: dict[str, dict[str, Any]], baseline: str | None = None,
+                   field: str = "correct") -> str:
+    """Markdown lines: each run's accuracy minus the baseline's, paired bootstrap 95% CI.
+
+    Empty when fewer than two runs have a readable predictions file.
+    """
+    from evaluate.stats import compare_runs
+
+    with_preds = {run: results_dir / m["predictions"] for run, m in runs.items()
+                  if isinstance(m.get("predictions"), str) and (results_dir / m["predictions"]).is_file()}
+    if len(with_preds) < 2:
+        return ""
+    base = baseline if baseline in with_preds else next(iter(with_preds))
+    lines = [f"Paired difference in `{field}` vs **{base}** (bootstrap 95% CI over the problems both runs answered):",
+             "", "| run | n shared | diff | 95% CI | p |", "|---|---|---|---|---|"]
+    for run, path in with_preds.items():
+        if run == base:
+            continue
+        try:
+            d = compare_runs(with_preds[base], path, field)
+        except ValueError as err:
+            lines.append(f"| {run} | - | - | {str(err).replace('|', '/')} | - |")
+            continue
+        lines.append(f"| {run} | {d.n} | {d.diff:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | {d.p_value:.3f} |")
+    return "\n".join(lines)
+
+
+def write_comparison(results_dir: str | Path, baseline: str | None = None) -> tuple[Path, Path | None]:
     """Render `comparison.md` (all tasks) and `comparison.png` (headline metrics) from results.json."""
     results_dir = Path(results_dir)
     results = load_results(results_dir)
     parts = ["# Comparison", ""]
     for task, runs in results.items():
-        parts += [f"## {task}", "", markdown_table(runs), ""]
+        parts += [f"## {task}", "", markdown_table(runs, task), ""]
+        paired = paired_section(results_dir, runs, baseline)
+        if paired:
+            parts += [paired, ""]
     md_path = results_dir / "comparison.md"
     _write_atomic(md_path, "\n".join(parts))
     png_path = plot_comparison(results, results_dir / "comparison.png")
@@ -90,9 +149,9 @@ def plot_comparison(results: dict[str, dict[str, dict[str, Any]]], out: Path) ->
     panels = []
     for task, runs in results.items():
         wanted = HEADLINE.get(task) or []
-        keys = [k for k in wanted if any(isinstance(m.get(k), (int, float)) for m in runs.values())]
+        keys = [k for k in wanted if any(_is_number(m.get(k)) for m in runs.values())]
         if not keys:
-            keys = [k for k, v in next(iter(runs.values())).items() if isinstance(v, (int, float))][:4]
+            keys = [k for k, v in next(iter(runs.values())).items() if _is_number(v)][:4]
         if keys:
             panels.append((task, runs, keys))
     if not panels:
@@ -103,14 +162,15 @@ def plot_comparison(results: dict[str, dict[str, dict[str, Any]]], out: Path) ->
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (task, runs, keys) in zip(axes[0], panels):
+    for ax, (task, runs, keys) in zip(axes[0], panels, strict=True):
         width = 0.8 / max(1, len(runs))
         for i, (run, metrics) in enumerate(runs.items()):
-            values = [float(metrics.get(k) or 0.0) for k in keys]
+            values = [float(metrics.get(k) or 0.0) / CHART_SCALE.get(k, 1.0) for k in keys]
             xs = [j + i * width for j in range(len(keys))]
             bars = ax.bar(xs, values, width=width, label=run)
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(keys))], keys, rotation=20, fontsize=8)
+        labels = [f"{k}/{CHART_SCALE[k]:g}" if k in CHART_SCALE else k for k in keys]
+        ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(keys))], labels, rotation=20, fontsize=8)
         ax.set_title(task)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -124,8 +184,9 @@ def plot_comparison(results: dict[str, dict[str, dict[str, Any]]], out: Path) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Re-render comparison.md and comparison.png from results.json")
     parser.add_argument("results_dir")
+    parser.add_argument("--baseline", default=None, help="run the paired intervals compare against (default: first)")
     args = parser.parse_args(argv)
-    md, png = write_comparison(args.results_dir)
+    md, png = write_comparison(args.results_dir, args.baseline)
     print(md.read_text(encoding="utf-8"))
     if png:
         print(f"plot: {png}")

@@ -1,0 +1,564 @@
+"""Vietnamese GSM8K evaluation: accuracy, answer format and reasoning overlap, one row per run.
+
+Evaluates a hub/local model, a LoRA adapter directory or a merged model on the ``hllj/vi_gsm8k``
+test split (or any file with its schema) and adds the run as one row of the comparison table
+(`evaluate.report`), the layout of the published work's Table I::
+
+    make eval MODEL=runs/grpo/adapter ARGS="--limit 100 --run_name grpo"
+    python -m evaluate.gsm8k --model_name_or_path unsloth/Qwen2.5-3B-Instruct --run_name base \
+        --limit 100 --seed 0                    # the published 100-problem style sample
+    python -m evaluate.gsm8k --model_name_or_path M --num_samples 4 --temperature 0.7   # pass@4, maj@4
+    python -m evaluate.gsm8k --score-only runs/eval/base/predictions.jsonl   # re-score, no model
+
+Metrics (a problem with k samples counts each sample 1/k):
+- ``accuracy``: the answer is right, read flexibly (`rewards.math.is_correct`, the same checker
+  as the GRPO correctness reward: "####", "Đáp số:", \\boxed{}, last number...).
+- ``accuracy_strict``: right AND given on the requested last ``#### <number>`` line.
+- ``format_rate``: a ``#### <number>`` line is there (right or wrong).
+- ``pass@k`` / ``maj@k`` (k > 1): any sample right / the most frequent answer right.
+- ``mean_completion_tokens``: completion length, stop token included.
+- ``rouge1`` / ``rouge2`` / ``rougeL`` (F1, 0-1) and ``sacrebleu`` (0-100) of the reasoning (the
+  completion minus its final answer line) against the reference explanation. ROUGE uses a
+  tokenizer that keeps Vietnamese letters: rouge-score's default one deletes every non-ASCII
+  letter, which would score "táo" and "tạo" as the same word "t o".
+
+Writes ``predictions.jsonl``, ``metrics.json``, ``config.yaml`` and ``run_info.json`` into
+``output_dir`` (default ``results_dir/run_name``; never overwritten) and updates
+``results_dir/comparison.md`` + ``comparison.png``.
+
+`make_training_eval_callback` runs the same evaluation on a held-out subset at every checkpoint
+during SFT/GRPO training.
+
+The ``--score-only`` path imports neither torch nor Unsloth: only a model run needs them, so
+`recipes.boot` is imported inside `main`, after that branch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluate.stats import majority_vote
+from rewards.math import (
+    ANSWER_PREFIX,
+    answers_match,
+    completion_text,
+    extract_answer,
+    format_number,
+    is_correct,
+    parse_number,
+)
+
+TASK = "gsm8k"
+TRAIN_EVAL_FILE = "train_eval.jsonl"
+
+
+@dataclass
+class EvalArguments:
+    """Evaluation options (model loading options come from `recipes.common.ModelArguments`).
+
+    Fields:
+        dataset (`str`, defaults to `"hllj/vi_gsm8k"`): hub id or local .json/.jsonl/.parquet file
+            with question / explanation / answer (e.g. data/fixtures/vi_gsm8k_sample.jsonl).
+        split (`str`, defaults to `"test"`): hub split; ignored for a local file.
+        limit (`int` or `None`, defaults to `None`): evaluate a seeded random subset of this many
+            problems (None: the whole split).
+        seed (`int`, defaults to `0`): seed of the subset and of sampling.
+        run_name (`str` or `None`): the row name in the comparison table; default derived from the
+            model path ("grpo-adapter" for runs/grpo/adapter).
+        output_dir (`str` or `None`): where this run's files go; default `results_dir/run_name`.
+            An existing, non-empty directory is never overwritten.
+        results_dir (`str`, defaults to `"runs/eval"`): shared directory of the comparison table.
+        batch_size (`int`, defaults to `8`): prompts per HF `generate` call.
+        max_new_tokens (`int`, defaults to `512`): completion budget.
+        num_samples (`int`, defaults to `1`): completions per problem; > 1 samples and reports
+            pass@k and maj@k.
+        do_sample (`bool`, defaults to `False`): sample even with one completion per problem (the
+            published evaluation sampled at temperature 0.7).
+        temperature (`float`, defaults to `0.7`), top_p (`float`, defaults to `0.95`): sampling.
+        system_prompt (`str` or `None`): system message; None: `data.vi_gsm8k.SYSTEM_PROMPT` (asks
+            for the "#### <số>" line); "": no system message.
+        on_bad_rows (`str`, defaults to `"skip"`): `skip` or `fail` on malformed dataset rows.
+        score_only (`str` or `None`): re-score a predictions JSONL file without a model.
+    """
+
+    dataset: str = field(default="hllj/vi_gsm8k", metadata={"help": "Hub id or local .json/.jsonl/.parquet file."})
+    split: str = field(default="test", metadata={"help": "Hub split (ignored for a local file)."})
+    limit: int | None = field(default=None, metadata={"help": "Seeded random subset of this many problems."})
+    seed: int = field(default=0, metadata={"help": "Seed of the subset and of sampling."})
+    run_name: str | None = field(default=None, metadata={"help": "Row name in the comparison table."})
+    output_dir: str | None = field(default=None, metadata={"help": "This run's directory (default results_dir/run_name)."})
+    results_dir: str = field(default="runs/eval", metadata={"help": "Directory of the shared comparison table."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (HF path)."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Completion budget in tokens."})
+    num_samples: int = field(default=1, metadata={"help": "Completions per problem (>1: sampled, pass@k, maj@k)."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample even with one completion per problem."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System message (default: the dataset's; '' for none)."}
+    )
+    on_bad_rows: str = field(default="skip", metadata={"help": "'skip' or 'fail' on malformed dataset rows."})
+    score_only: str | None = field(
+        default=None, metadata={"help": "Re-score this predictions JSONL (no model); writes FILE.scored.jsonl."}
+    )
+
+
+# ------------------------------------------------------------------------------------- scoring
+def score_completion(completion: str, gold: str) -> dict[str, Any]:
+    """Flags of one completion against the gold answer.
+
+    Returns ``pred`` (canonical number text or None), ``correct`` (flexible reading, the training
+    reward's checker), ``correct_strict`` (right on the final ``####`` line) and ``formatted``
+    (a ``#### <number>`` line is present). Raises ValueError when ``gold`` is not a number.
+    """
+    pred = extract_answer(completion)
+    return {
+        "pred": None if pred is None else format_number(pred),
+        "correct": is_correct(completion, gold),
+        "correct_strict": is_correct(completion, gold, strict=True),
+        "formatted": extract_answer(completion, strict=True) is not None,
+    }
+
+
+def score_problem(row: dict[str, Any], completions: Sequence[str], tokens: Sequence[int] | None = None) -> dict[str, Any]:
+    """``row`` plus the scores of its completions (sample 0 at the top level; all of them under
+    ``samples`` with the majority answer when there are several)."""
+    gold = row["answer"]
+    scored = [score_completion(c, gold) for c in completions]
+    out = dict(row)
+    out.update(completion=completions[0], **scored[0])
+    if tokens is not None:
+        out["tokens"] = tokens[0]
+    if len(completions) > 1:
+        out["samples"] = [
+            {"completion": c, **s, **({"tokens": tokens[j]} if tokens is not None else {})}
+            for j, (c, s) in enumerate(zip(completions, scored, strict=True))
+        ]
+        vote = majority_vote([s["pred"] for s in scored])
+        out["maj_pred"] = vote
+        out["maj_correct"] = vote is not None and answers_match(parse_number(vote), gold)
+    else:
+        out.pop("samples", None)
+        out.pop("maj_pred", None)
+        out.pop("maj_correct", None)
+    return out
+
+
+def _samples_of(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return row["samples"] if "samples" in row else [row]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Metrics over scored rows (see the module docstring); text metrics when every row has an
+    ``explanation``."""
+    if not rows:
+        raise ValueError("no scored rows to aggregate")
+    metrics: dict[str, Any] = {"n": len(rows)}
+    for key, name in (("correct", "accuracy"), ("correct_strict", "accuracy_strict"), ("formatted", "format_rate")):
+        metrics[name] = _mean([_mean([float(s[key]) for s in _samples_of(r)]) for r in rows])
+    ks = {len(_samples_of(r)) for r in rows}
+    if ks != {1}:
+        k = min(ks)
+        metrics[f"pass@{k}"] = _mean([float(any(s["correct"] for s in _samples_of(r)[:k])) for r in rows])
+        if ks == {k}:
+            metrics[f"maj@{k}"] = _mean([float(r["maj_correct"]) for r in rows])
+    tokens = [s["tokens"] for r in rows for s in _samples_of(r) if "tokens" in s]
+    if tokens:
+        metrics["mean_completion_tokens"] = _mean(tokens)
+    if all(isinstance(r.get("explanation"), str) for r in rows):
+        hyps = [reasoning_text(s["completion"]) for r in rows for s in _samples_of(r)]
+        refs = [reasoning_text(r["explanation"]) for r in rows for _ in _samples_of(r)]
+        metrics.update(text_metrics(hyps, refs))
+    return metrics
+
+
+# -------------------------------------------------------------------------- reasoning overlap
+_WORD_RE = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+")
+
+
+class VietnameseTokenizer:
+    """rouge-score tokenizer keeping Vietnamese letters: NFC, lowercase, words and numbers.
+
+    rouge-score's default tokenizer replaces everything outside [a-z0-9] with spaces, so
+    "Số táo" becomes "s t o"; here it is ["số", "táo"]. Numbers keep their separators
+    ("125.000" is one token); operators and punctuation are dropped, as the default does.
+    """
+
+    def tokenize(self, text: str) -> list[str]:
+        return _WORD_RE.findall(unicodedata.normalize("NFC", text).lower())
+
+
+def reasoning_text(completion: str) -> str:
+    """The reasoning of a completion: everything before its final answer line.
+
+    The final answer line is the last line starting with ``####`` (anything after it goes too);
+    without one, a last line ``### <number>`` is dropped; otherwise the whole text is reasoning.
+    """
+    lines = completion.rstrip().split("\n")
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].lstrip().startswith(ANSWER_PREFIX):
+            return "\n".join(lines[:i]).strip()
+    if re.match(r"^\s*###\s+[-\d]", lines[-1]):
+        lines = lines[:-1]
+    return "\n".join(lines).strip()
+
+
+def text_metrics(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """ROUGE-1/2/L F1 (mean over pairs, 0-1) and corpus SacreBLEU (0-100)."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=VietnameseTokenizer())
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for hyp, ref in zip(hypotheses, references, strict=True):
+        scores = scorer.score(ref, hyp)  # (target, prediction)
+        for key in totals:
+            totals[key] += scores[key].fmeasure
+    n = max(1, len(hypotheses))
+    out = {key: value / n for key, value in totals.items()}
+    out["sacrebleu"] = float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    return out
+
+
+# ------------------------------------------------------------------------------- score-only
+def scored_path(path: str | Path) -> Path:
+    """``preds.jsonl`` -> ``preds.scored.jsonl``."""
+    path = Path(path)
+    stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
+    return path.with_name(f"{stem}.scored.jsonl")
+
+
+def _check_prediction(obj: Any) -> str | None:
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    if "answer" not in obj or obj["answer"] is None:
+        return "missing field 'answer'"
+    if not isinstance(obj["answer"], (str, int, float)) or isinstance(obj["answer"], bool):
+        return f"field 'answer' is a {type(obj['answer']).__name__}"
+    if "samples" in obj:
+        samples = obj["samples"]
+        if not isinstance(samples, list) or not samples:
+            return "field 'samples' must be a non-empty list"
+        for j, s in enumerate(samples):
+            text = s.get("completion") if isinstance(s, dict) else s
+            if not isinstance(text, str):
+                return f"sample {j} has no text 'completion'"
+        return None
+    if "completion" not in obj:
+        return "missing field 'completion'"
+    if not isinstance(obj["completion"], (str, list)):
+        return f"field 'completion' is a {type(obj['completion']).__name__}"
+    return None
+
+
+def score_file(path: str | Path) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """Score every line of a predictions file; returns (scored rows, [(line number, problem)])."""
+    rows, bad = [], []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                bad.append((lineno, f"malformed JSON ({err.msg})"))
+                continue
+            problem = _check_prediction(obj)
+            if problem is None:
+                if "samples" in obj:
+                    completions = [s["completion"] if isinstance(s, dict) else s for s in obj["samples"]]
+                    tokens = [s.get("tokens") if isinstance(s, dict) else None for s in obj["samples"]]
+                else:
+                    completions = [completion_text(obj["completion"])]
+                    tokens = [obj.get("tokens")]
+                obj["answer"] = str(obj["answer"])
+                try:
+                    rows.append(score_problem(obj, completions, tokens if None not in tokens else None))
+                except ValueError as err:  # the gold answer is not a number: a data problem, not a 0
+                    problem = str(err)
+            if problem is not None:
+                bad.append((lineno, problem))
+    return rows, bad
+
+
+def score_only(path: str, out: Path | None = None) -> int:
+    """`--score-only FILE`: score, write FILE.scored.jsonl, print metrics JSON; exit status."""
+    if not Path(path).is_file():
+        print(f"error: predictions file not found: {path}", file=sys.stderr)
+        return 2
+    rows, bad = score_file(path)
+    for lineno, problem in bad:
+        print(f"{path}:{lineno}: {problem}", file=sys.stderr)
+    if not rows:
+        print(f"error: no line of {path} could be scored (each needs 'completion' and 'answer')", file=sys.stderr)
+        return 2
+    out = out or scored_path(path)
+    write_jsonl(out, rows)
+    metrics = aggregate(rows)
+    metrics["malformed_lines"] = len(bad)
+    print(json.dumps(metrics, ensure_ascii=False, indent=2))
+    print(f"[eval] scored {len(rows)} lines ({len(bad)} malformed) -> {out}", file=sys.stderr)
+    return 0
+
+
+def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """JSON Lines, atomically (temp file + rename), Vietnamese kept readable."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------- model run
+def default_run_name(model: str) -> str:
+    """Row name from a model path: runs/grpo/adapter -> grpo-adapter, org/Model -> Model."""
+    path = Path(model.rstrip("/"))
+    if path.name in ("adapter", "merged", "model") or path.name.startswith("checkpoint-"):
+        return f"{path.parent.name}-{path.name}" if path.parent.name else path.name
+    return path.name
+
+
+def _relative(path: Path, start: Path) -> str:
+    """``path`` relative to ``start`` when possible (results.json stays valid if moved)."""
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def evaluate_model(argv: list[str] | None = None) -> None:
+    """Load the model, generate, score, write the run directory and update the comparison."""
+    from data.vi_gsm8k import SYSTEM_PROMPT, load_vi_gsm8k
+    from evaluate.generation import DecodingSettings, generate
+    from evaluate.report import record_result
+    from recipes.common import (
+        ModelArguments,
+        UserError,
+        adapter_base,
+        load_model_and_tokenizer,
+        parse_args,
+        write_json,
+        write_run_info,
+    )
+
+    started = time.perf_counter()
+    margs, eargs = parse_args([ModelArguments, EvalArguments], argv)
+    if not margs.model_name_or_path:
+        raise UserError("no model to evaluate: pass --model_name_or_path (make eval MODEL=...)")
+    if eargs.on_bad_rows not in ("skip", "fail"):
+        raise UserError(f"on_bad_rows must be 'skip' or 'fail', got {eargs.on_bad_rows!r}")
+    try:
+        settings = DecodingSettings(
+            max_new_tokens=eargs.max_new_tokens, batch_size=eargs.batch_size, num_samples=eargs.num_samples,
+            do_sample=eargs.do_sample, temperature=eargs.temperature, top_p=eargs.top_p, seed=eargs.seed,
+        )
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if eargs.num_samples > 1 and not eargs.do_sample:
+        print(f"[eval] num_samples={eargs.num_samples}: sampling at temperature {eargs.temperature}, top_p {eargs.top_p}")
+    run_name = eargs.run_name or default_run_name(margs.model_name_or_path)
+    results_dir = Path(eargs.results_dir)
+    out = Path(eargs.output_dir) if eargs.output_dir else results_dir / run_name
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already holds an evaluation; pass --run_name NEW_NAME or --output_dir NEW_DIR "
+                        "(nothing is overwritten)")
+
+    system_prompt = SYSTEM_PROMPT if eargs.system_prompt is None else eargs.system_prompt
+    dataset = load_vi_gsm8k(eargs.dataset, eargs.split, eargs.on_bad_rows, eargs.limit, eargs.seed, system_prompt)
+    print(f"[eval] {len(dataset)} problems from {eargs.dataset} ({eargs.split}), {settings.describe()}")
+
+    model_path = os.path.expanduser(margs.model_name_or_path)
+    adapter = model_path if os.path.isdir(model_path) and adapter_base(model_path) else None
+    if adapter and margs.fast_inference:
+        # vLLM sizes its LoRA slots by max_lora_rank (the loader passes lora_r), which must cover
+        # the adapter's rank and be one of vLLM's sizes (8, 16, 32, 64, ...).
+        rank = max(8, margs.lora_r, json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
+        margs.lora_r = 1 << (rank - 1).bit_length()
+    model, tokenizer = load_model_and_tokenizer(margs, seed=eargs.seed, for_training=False)
+    if margs.backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)  # eval mode + Unsloth's inference kernels; we never train after
+
+    gens = generate(model, tokenizer, list(dataset["prompt"]), settings, lora_path=adapter, desc="vi_gsm8k")
+    rows = [
+        score_problem({"question": r["question"], "answer": r["answer"], "explanation": r["explanation"]}, texts, tokens)
+        for r, texts, tokens in zip(dataset, gens.texts, gens.tokens, strict=True)
+    ]
+    metrics = aggregate(rows)
+    n = len(rows)
+    throughput = {
+        "problems_per_s": n / gens.elapsed if gens.elapsed > 0 else None,
+        "tokens_per_s": gens.total_tokens / gens.elapsed if gens.elapsed > 0 else None,
+        "generation_s": gens.elapsed,
+        "elapsed_s": time.perf_counter() - started,  # model and data loading included
+    }
+    settings_record = {
+        "model": margs.model_name_or_path,
+        "backend": margs.backend,
+        "generation": gens.backend,
+        "load_in_4bit": bool(margs.load_in_4bit),
+        "dataset": eargs.dataset,
+        "split": eargs.split,
+        "n": n,
+        "limit": eargs.limit,
+        "seed": eargs.seed,
+        "decoding": settings.describe(),
+        "max_new_tokens": settings.max_new_tokens,
+        "num_samples": settings.num_samples,
+        "temperature": settings.temperature if settings.do_sample else None,
+        "top_p": settings.top_p if settings.do_sample else None,
+        "batch_size": settings.batch_size,
+        "system_prompt": system_prompt,
+    }
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "predictions.jsonl", rows)
+    write_json(out / "metrics.json", {"run_name": run_name, **metrics, **throughput, "settings": settings_record})
+    write_run_info(str(out), margs, eargs)
+    row = {**metrics, "problems_per_s": throughput["problems_per_s"], "decoding": settings.describe(),
+           "predictions": _relative(out / "predictions.jsonl", results_dir)}
+    table = record_result(results_dir, TASK, run_name, row)
+
+    headline = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"[eval] {run_name}: n={n}, {headline}")
+    print(f"[eval] {n / gens.elapsed:.2f} problems/s, {throughput['tokens_per_s']:.1f} tokens/s ({gens.backend})")
+    print(f"[eval] wrote {out}/predictions.jsonl, metrics.json; comparison: {table}")
+
+
+def _score_only_arg(argv: list[str]) -> str | None | bool:
+    """The file after --score-only / --score_only (False when the flag is absent)."""
+    for i, arg in enumerate(argv):
+        for flag in ("--score-only", "--score_only"):
+            if arg == flag:
+                return argv[i + 1] if i + 1 < len(argv) else None
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+    return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    target = _score_only_arg(argv)
+    if target is not False:
+        if target is None:
+            print("error: --score-only needs a predictions .jsonl file", file=sys.stderr)
+            sys.exit(2)
+        if len(argv) > 2:
+            print("error: --score-only takes only the predictions file (no model options)", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(score_only(target))
+    import recipes.boot  # noqa: F401  (Unsloth before transformers, as in every entry point)
+    from recipes.common import run_cli
+
+    run_cli(evaluate_model, argv)
+
+
+# ------------------------------------------------------------------------ training-time eval
+def make_training_eval_callback(
+    dataset,
+    tokenizer,
+    output_dir: str | Path,
+    limit: int | None = 50,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    trainer=None,
+    prefix: str = "eval_",
+):
+    """A `transformers.TrainerCallback` that evaluates held-out problems at every checkpoint.
+
+    On each save (``on_save``, also at the final step) it greedily answers the first ``limit``
+    rows of ``dataset`` with the trainer's current model, then:
+
+    - appends ``{"step", "epoch", "<prefix>accuracy", "<prefix>accuracy_strict",
+      "<prefix>format_rate", "<prefix>mean_completion_tokens", "<prefix>seconds", "n"}`` to
+      ``output_dir/train_eval.jsonl``;
+    - adds the same metrics to ``trainer.state.log_history`` and, when ``trainer`` is given, hands
+      them to every callback's ``on_log`` (so `recipes.common.JsonlMetricsCallback` writes them to
+      ``metrics.jsonl``, and wandb/tensorboard see them). The trainer's own ``log`` is not used:
+      GRPOTrainer's would fold its pending training metrics into this row.
+
+    The model may be PEFT-wrapped and in train mode: generation runs in eval mode under
+    ``torch.no_grad`` with left padding, then the train mode and the tokenizer's padding side are
+    restored (Unsloth's GPU ``generate`` handles modes and gradient checkpointing itself). It
+    uses HF ``generate`` even with a vLLM engine, since the engine does not hold the live LoRA
+    weights. Rank 0 only.
+
+    Args:
+        dataset: a held-out split from `data.vi_gsm8k.load_vi_gsm8k` (columns ``prompt``,
+            ``answer``), e.g. ``load_vi_gsm8k(split="test", limit=50, seed=0)``.
+        tokenizer: the training tokenizer (its chat template renders the prompts).
+        output_dir: the run directory.
+        limit: evaluate the first ``limit`` rows (None: all).
+        max_new_tokens, batch_size: generation budget and batch.
+        trainer: the Trainer, so the metrics reach ``metrics.jsonl`` (see above).
+        prefix: metric name prefix.
+
+    Wiring, in a recipe (the trainer must exist first)::
+
+        trainer.add_callback(make_training_eval_callback(
+            eval_ds, tokenizer, training_args.output_dir, limit=script_args.eval_limit, trainer=trainer))
+    """
+    from transformers import TrainerCallback
+
+    from evaluate.generation import DecodingSettings, generate
+
+    missing = {"prompt", "answer"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"the training eval dataset lacks column(s) {sorted(missing)}; use data.vi_gsm8k.load_vi_gsm8k")
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    prompts, golds = list(dataset["prompt"]), list(dataset["answer"])
+    settings = DecodingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    path = Path(output_dir) / TRAIN_EVAL_FILE
+
+    class TrainingEvalCallback(TrainerCallback):
+        """Greedy vi_gsm8k accuracy of the current model at every checkpoint."""
+
+        def __init__(self):
+            self.trainer = trainer
+
+        def on_save(self, args, state, control, model=None, **kwargs):
+            if not state.is_world_process_zero or model is None:
+                return
+            gens = generate(model, tokenizer, prompts, settings, progress=False, backend="hf")
+            rows = [score_problem({"answer": g}, texts, tokens)
+                    for g, texts, tokens in zip(golds, gens.texts, gens.tokens, strict=True)]
+            metrics = aggregate(rows)
+            logs = {
+                f"{prefix}accuracy": metrics["accuracy"],
+                f"{prefix}accuracy_strict": metrics["accuracy_strict"],
+                f"{prefix}format_rate": metrics["format_rate"],
+                f"{prefix}mean_completion_tokens": metrics["mean_completion_tokens"],
+                f"{prefix}seconds": round(gens.elapsed, 2),
+            }
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as fh:
+                record = {"step": state.global_step, "epoch": state.epoch, "n": len(rows), **logs}
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            print(f"[eval] step {state.global_step}: accuracy {metrics['accuracy']:.3f}, "
+                  f"format {metrics['format_rate']:.3f} on {len(rows)} held-out problems ({gens.elapsed:.1f}s)")
+            state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
+            if self.trainer is not None:
+                self.trainer.callback_handler.on_log(args, state, control, logs)
+
+    return TrainingEvalCallback()
+
+
+if __name__ == "__main__":
+    main()

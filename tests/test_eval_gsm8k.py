@@ -1,0 +1,327 @@
+"""vi_gsm8k evaluation: scoring tables, --score-only, the `make eval` entry point on tiny models
+(base and LoRA adapter), pass@k/maj@k, and the training-time callback."""
+
+import json
+import os
+
+import pytest
+from conftest import ROOT, run_entry
+
+import recipes.boot  # noqa: F401  (Unsloth before transformers, as in every entry point)
+from evaluate.gsm8k import (
+    VietnameseTokenizer,
+    aggregate,
+    default_run_name,
+    evaluate_model,
+    reasoning_text,
+    score_completion,
+    score_file,
+    score_problem,
+    scored_path,
+    text_metrics,
+)
+from recipes.common import UserError
+
+FIXTURE = str(ROOT / "data" / "fixtures" / "vi_gsm8k_sample.jsonl")
+ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+# completion, gold, correct (flexible), correct_strict, formatted, pred
+SCORING_CASES = [
+    ("Số táo là: 12 + 7 = 19 (quả).\n#### 19", "19", True, True, True, "19"),
+    ("Số táo là 19 quả.\nĐáp số: 19", "19", True, False, False, "19"),  # right, not in the #### format
+    ("3 × 125.000 = 375.000\n#### 375.000 đồng", "375000", True, True, True, "375000"),  # "." groups thousands
+    ("120 : 48 = 2,5 (giờ)\n#### 2,5", "2.5", True, True, True, "2.5"),  # "," is the decimal mark
+    ("Nhiệt độ: 5 - 8 = -3\n#### -3", "-3", True, True, True, "-3"),
+    ("Tổng là 1.250.000 đồng", "1250000", True, False, False, "1250000"),  # last number, no marker
+    ("Lan còn 17 quả.\n#### 18", "17", False, False, True, "18"),  # formatted but wrong: #### wins
+    # The readings differ here: flexible takes the last "####" anywhere (16), strict the last line
+    # STARTING with "####" (17) - the same rules as the correctness / correctness_strict rewards.
+    ("#### 17\nà không, #### 16", "17", False, True, True, "16"),
+    ("#### 17\nà không, 16", "17", True, True, True, "17"),  # strict: the last line STARTING with ####
+    ("#### mười bảy", "17", False, False, False, None),  # a number in words is not read
+    ("", "17", False, False, False, None),
+    ("12 + 5 = 17\n#### 17.0", "17", True, True, True, "17"),
+]
+
+
+@pytest.mark.parametrize("completion, gold, correct, strict, formatted, pred", SCORING_CASES)
+def test_score_completion(completion, gold, correct, strict, formatted, pred):
+    scores = score_completion(completion, gold)
+    assert scores == {"pred": pred, "correct": correct, "correct_strict": strict, "formatted": formatted}
+
+
+def test_non_numeric_gold_is_an_error_not_a_zero():
+    with pytest.raises(ValueError, match="not a number"):
+        score_completion("#### 5", "năm")
+
+
+@pytest.mark.parametrize(
+    "completion, reasoning",
+    [
+        ("12 + 7 = 19\n#### 19", "12 + 7 = 19"),
+        ("12 + 7 = 19\n#### 19\nThêm lời thừa", "12 + 7 = 19"),  # everything after the answer line goes
+        ("Bước 1: 12 + 7 = 19\nĐáp số: 19", "Bước 1: 12 + 7 = 19\nĐáp số: 19"),  # no answer line: all
+        ("### Bước 1\n12 + 7 = 19\n### 19", "### Bước 1\n12 + 7 = 19"),  # a markdown heading stays
+        ("#### 19", ""),
+    ],
+)
+def test_reasoning_text(completion, reasoning):
+    assert reasoning_text(completion) == reasoning
+
+
+def test_rouge_tokenizer_keeps_vietnamese_letters():
+    from rouge_score import rouge_scorer
+
+    assert VietnameseTokenizer().tokenize("Số táo của Lan là 1.250, còn 3,5 kg!") == [
+        "số", "táo", "của", "lan", "là", "1.250", "còn", "3,5", "kg"]
+    # Decomposed input (NFD) reads as the same words.
+    assert VietnameseTokenizer().tokenize("Số".encode().decode("utf-8")) == VietnameseTokenizer().tokenize(
+        __import__("unicodedata").normalize("NFD", "Số"))
+    # "táo" (apple) and "tạo" (create) differ only in a diacritic: rouge-score's default tokenizer
+    # strips both to "t o" and calls them equal; ours does not.
+    default = rouge_scorer.RougeScorer(["rouge1"]).score("Lan có táo", "Lan có tạo")["rouge1"].fmeasure
+    assert default == 1.0
+    ours = text_metrics(["Lan có tạo"], ["Lan có táo"])["rouge1"]
+    assert ours == pytest.approx(2 / 3)
+
+
+def test_text_metrics_bounds():
+    ref = "Số quả táo Lan còn lại là: 25 - 8 = 17 (quả).\nVậy Lan còn lại 17 quả táo."
+    same = text_metrics([ref], [ref])
+    assert same["rouge1"] == pytest.approx(1.0) and same["rougeL"] == pytest.approx(1.0)
+    assert same["sacrebleu"] == pytest.approx(100.0)
+    unrelated = text_metrics(["Trời hôm nay đẹp"], [ref])
+    assert unrelated["rouge1"] == 0.0 and unrelated["sacrebleu"] < 5
+
+
+def test_pass_and_maj_at_2():
+    rows = [
+        score_problem({"answer": "5"}, ["#### 5", "#### 6"], [3, 4]),  # one of two right; tie -> first: right
+        score_problem({"answer": "8"}, ["#### 7", "#### 7"], [3, 3]),  # both wrong
+        score_problem({"answer": "2"}, ["Đáp số: 2", "#### 2"], [5, 3]),  # both right, one strictly
+        score_problem({"answer": "9"}, ["#### 1", "#### 9"], [3, 3]),  # tie 1 vs 9: first (wrong) wins
+    ]
+    assert [r["maj_pred"] for r in rows] == ["5", "7", "2", "1"]
+    assert [r["maj_correct"] for r in rows] == [True, False, True, False]
+    m = aggregate(rows)
+    assert m["n"] == 4
+    assert m["accuracy"] == pytest.approx((0.5 + 0 + 1 + 0.5) / 4)
+    assert m["accuracy_strict"] == pytest.approx((0.5 + 0 + 0.5 + 0.5) / 4)
+    assert m["format_rate"] == pytest.approx((1 + 1 + 0.5 + 1) / 4)
+    assert m["pass@2"] == pytest.approx(3 / 4)
+    assert m["maj@2"] == pytest.approx(2 / 4)
+    assert m["mean_completion_tokens"] == pytest.approx(27 / 8)
+    assert "rouge1" not in m  # no reference explanations given
+
+
+@pytest.mark.parametrize(
+    "model, name",
+    [("runs/grpo/adapter", "grpo-adapter"), ("runs/sft/checkpoint-200/", "sft-checkpoint-200"),
+     ("unsloth/Qwen2.5-3B-Instruct", "Qwen2.5-3B-Instruct"), ("runs/demo/merged", "demo-merged")],
+)
+def test_default_run_name(model, name):
+    assert default_run_name(model) == name
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_eval_configs_parse(config):
+    from evaluate.gsm8k import EvalArguments
+    from recipes.common import ModelArguments, parse_args
+
+    margs, eargs = parse_args([ModelArguments, EvalArguments], ["--config", str(config), "--model_name_or_path", "m"])
+    assert eargs.max_new_tokens > 0 and eargs.results_dir
+
+
+# ----------------------------------------------------------------------------- --score-only
+def test_score_only_scores_good_lines_and_reports_bad_ones_by_line(tmp_path):
+    good = {"question": "Lan có 25 quả táo...", "answer": "17", "explanation": "25 - 8 = 17 (quả).",
+            "completion": "25 - 8 = 17 (quả).\n#### 17"}
+    lines = [
+        json.dumps(good, ensure_ascii=False),  # 1: right
+        json.dumps({"answer": "1250000", "completion": "Đáp số: 1.250.000 đồng"}, ensure_ascii=False),  # 2: right
+        json.dumps({"answer": 83, "completion": "45 + 38 = 84\n#### 84"}),  # 3: wrong (numeric gold ok)
+        json.dumps({"answer": "5", "completion": ""}),  # 4: empty completion: wrong
+        '{"answer": "5", "completion": "#### 5"',  # 5: malformed JSON
+        json.dumps({"completion": "#### 5"}),  # 6: no answer
+        json.dumps({"answer": "năm", "completion": "#### 5"}),  # 7: gold not a number
+        "",  # blank lines are skipped
+        json.dumps(["not", "an", "object"]),  # 9
+        json.dumps({"answer": "4", "samples": [{"completion": "#### 4"}, {"completion": "#### 3"}]}),  # 10: k=2
+    ]
+    path = tmp_path / "preds.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = run_entry(["python", "-X", "importtime", "-m", "evaluate.gsm8k", "--score-only", str(path)], env=ENV)
+    # Fast path: no torch, no Unsloth, no transformers.
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert imported and not imported & {"torch", "unsloth", "transformers", "datasets"}
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(str(path))]
+    assert [e.split(":")[1] for e in errors] == ["5", "6", "7", "9"]
+    assert "malformed JSON" in errors[0] and "'answer'" in errors[1] and "not a number" in errors[2]
+    metrics = json.loads(proc.stdout)
+    assert metrics["n"] == 5 and metrics["malformed_lines"] == 4
+    # Per problem: 1, 1, 0, 0, and 0.5 for the two samples.
+    assert metrics["accuracy"] == pytest.approx(2.5 / 5)
+    assert metrics["format_rate"] == pytest.approx((1 + 0 + 1 + 0 + 1) / 5)
+    scored = [json.loads(line) for line in scored_path(path).read_text(encoding="utf-8").splitlines()]
+    assert scored_path(path).name == "preds.scored.jsonl"
+    assert [r["correct"] for r in scored] == [True, True, False, False, True]
+    assert [r["pred"] for r in scored] == ["17", "1250000", "84", None, "4"]
+    assert scored[0]["question"] == good["question"]  # the other fields are kept
+    assert scored[4]["samples"][1]["correct"] is False and scored[4]["maj_pred"] == "4"
+
+
+def test_score_only_with_nothing_to_score_fails(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("not json\n", encoding="utf-8")
+    proc = run_entry(["python", "-m", "evaluate.gsm8k", "--score-only", str(path)], check=False)
+    assert proc.returncode == 2 and "no line" in proc.stderr
+    proc = run_entry(["python", "-m", "evaluate.gsm8k", "--score-only", str(tmp_path / "missing.jsonl")], check=False)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+# ---------------------------------------------------------------------- end to end (tiny models)
+@pytest.fixture(scope="module")
+def lora_adapter(tiny_models, tmp_path_factory):
+    """A LoRA adapter on the tiny Qwen2 with random (non-zero) weights, so it changes the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("lora") / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(tiny_models / "qwen2", dtype=torch.float32)
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                        init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_models / "qwen2").save_pretrained(out)
+    return out
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lora_adapter, tmp_path):
+    res = tmp_path / "eval"
+    common = f"--dataset {FIXTURE} --limit 6 --seed 1 --max_new_tokens 16 --results_dir {res}"
+    # 1. The user entry point, default (Unsloth) backend, greedy.
+    proc = run_entry(["make", "eval", f"MODEL={tiny_models / 'qwen2'}", f"ARGS={common} --run_name base --dtype float32"],
+                     env=ENV)
+    assert "problems/s" in proc.stdout
+    base_dir = res / "base"
+    preds = _read_jsonl(base_dir / "predictions.jsonl")
+    assert len(preds) == 6
+    assert set(preds[0]) >= {"question", "answer", "explanation", "completion", "pred", "correct", "correct_strict",
+                             "tokens"}
+    metrics = json.loads((base_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["n"] == 6 and metrics["settings"]["decoding"] == "greedy" and metrics["settings"]["seed"] == 1
+    assert metrics["accuracy"] == pytest.approx(sum(p["correct"] for p in preds) / 6)
+    assert metrics["problems_per_s"] > 0 and metrics["elapsed_s"] > 0
+    assert {"rouge1", "rouge2", "rougeL", "sacrebleu", "format_rate", "accuracy_strict"} <= set(metrics)
+    assert (base_dir / "config.yaml").is_file() and (base_dir / "run_info.json").is_file()
+    assert not any(p.name.endswith(".tmp") for p in base_dir.iterdir())
+    # The same seeded subset as the data module's --limit/--seed.
+    from data.vi_gsm8k import load_vi_gsm8k
+
+    assert [p["question"] for p in preds] == load_vi_gsm8k(FIXTURE, limit=6, seed=1)["question"]
+
+    # 2. A LoRA adapter directory, plain HF backend, two samples per problem.
+    run_entry(["python", "-m", "evaluate.gsm8k", "--model_name_or_path", str(lora_adapter), "--backend", "hf",
+               *common.split(), "--run_name", "lora", "--num_samples", "2", "--temperature", "1.0"], env=ENV)
+    lora = _read_jsonl(res / "lora" / "predictions.jsonl")
+    assert [p["question"] for p in lora] == [p["question"] for p in preds]
+    assert all(len(p["samples"]) == 2 and "maj_pred" in p for p in lora)
+    lora_metrics = json.loads((res / "lora" / "metrics.json").read_text(encoding="utf-8"))
+    assert lora_metrics["settings"]["decoding"] == "sampled T=1 top_p=0.95 k=2"
+    assert lora_metrics["pass@2"] >= lora_metrics["accuracy"] and "maj@2" in lora_metrics
+    # The adapter was applied: its completions are not the base model's.
+    assert [p["completion"] for p in lora] != [p["completion"] for p in preds]
+
+    # 3. The comparison: both rows, the paired interval, the chart.
+    md = (res / "comparison.md").read_text(encoding="utf-8")
+    assert "| base | 6 |" in md and "| lora | 6 |" in md
+    assert "vs **base**" in md and "| lora | 6 |" in md.split("Paired difference")[1]
+    assert (res / "comparison.png").read_bytes().startswith(b"\x89PNG")
+
+    # 4. Re-scoring the predictions without a model gives the same numbers.
+    rescored = aggregate(score_file(res / "lora" / "predictions.jsonl")[0])
+    for key in ("accuracy", "accuracy_strict", "format_rate", "pass@2", "maj@2", "rouge1", "sacrebleu"):
+        assert rescored[key] == pytest.approx(lora_metrics[key]), key
+
+    # 5. An existing eval directory is never overwritten (checked before any model is loaded).
+    before = (base_dir / "predictions.jsonl").read_bytes()
+    with pytest.raises(UserError, match="--run_name NEW_NAME or --output_dir NEW_DIR"):
+        evaluate_model(["--model_name_or_path", "no/such-model", *common.split(), "--run_name", "base"])
+    assert (base_dir / "predictions.jsonl").read_bytes() == before
+
+
+# ------------------------------------------------------------------ generation and training eval
+def _load(path, backend="hf"):
+    from recipes.common import ModelArguments, load_model_and_tokenizer
+
+    margs = ModelArguments(model_name_or_path=str(path), dtype="float32", backend=backend, max_seq_length=512)
+    return load_model_and_tokenizer(margs, for_training=False)
+
+
+def test_generation_order_and_batching_do_not_change_greedy_outputs(lora_adapter):
+    from data.vi_gsm8k import load_vi_gsm8k
+    from evaluate.generation import DecodingSettings, generate
+
+    model, tokenizer = _load(lora_adapter)
+    prompts = list(load_vi_gsm8k(FIXTURE, limit=10, seed=0)["prompt"])
+    one = generate(model, tokenizer, prompts, DecodingSettings(max_new_tokens=12, batch_size=1), progress=False)
+    many = generate(model, tokenizer, prompts, DecodingSettings(max_new_tokens=12, batch_size=4), progress=False)
+    # Longest-first batching with left padding maps every completion back to its own prompt.
+    assert many.texts == one.texts and many.tokens == one.tokens
+    assert len({t[0] for t in one.texts}) > 5  # outputs depend on the prompt
+    single = generate(model, tokenizer, prompts[3:4], DecodingSettings(max_new_tokens=12), progress=False)
+    assert single.texts[0] == one.texts[3]
+    # Sampling is reproducible by seed and leaves the caller's RNG alone (it may be mid-training).
+    import torch
+
+    state = torch.random.get_rng_state()
+    sampled = [generate(model, tokenizer, prompts[:3], DecodingSettings(max_new_tokens=8, num_samples=2, seed=5),
+                        progress=False).texts for _ in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert sampled[0] == sampled[1] and sampled[0][0][0] != sampled[0][0][1]
+
+
+def test_training_eval_callback_logs_and_restores_the_model(tiny_models, tmp_path):
+    import datasets
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from data.vi_gsm8k import load_vi_gsm8k
+    from evaluate.gsm8k import TRAIN_EVAL_FILE, make_training_eval_callback
+    from recipes.common import JsonlMetricsCallback
+
+    model, tokenizer = _load(tiny_models / "qwen2")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    tokenizer.padding_side = "right"  # what an SFT collator might use; must survive the callback
+    ids = tokenizer(["Lan có 12 quả táo. #### 12"] * 4)["input_ids"]
+    train = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    held_out = load_vi_gsm8k(FIXTURE, split="test", limit=5, seed=0)
+
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_save(self, args, state, control, model=None, **kwargs):
+            seen.append((model.training, tokenizer.padding_side))
+
+    out = tmp_path / "run"
+    args = TrainingArguments(output_dir=str(out), max_steps=2, save_steps=1, logging_steps=1,
+                             per_device_train_batch_size=2, report_to=[], use_cpu=True, save_only_model=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[JsonlMetricsCallback(str(out))])
+    trainer.add_callback(make_training_eval_callback(held_out, tokenizer, out, limit=3, max_new_tokens=8,
+                                                     batch_size=2, trainer=trainer))
+    trainer.add_callback(Probe())
+    trainer.train()
+
+    assert seen == [(True, "right"), (True, "right")]  # train mode and padding side restored
+    rows = _read_jsonl(out / TRAIN_EVAL_FILE)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["n"] == 3 for r in rows)
+    assert all(0.0 <= r["eval_accuracy"] <= 1.0 and "eval_format_rate" in r for r in rows)
+    logged = [r for r in _read_jsonl(out / "metrics.jsonl") if "eval_accuracy" in r]
+    assert [r["step"] for r in logged] == [1, 2]
+    assert sum("eval_format_rate" in h for h in trainer.state.log_history) == 2
+    assert os.path.isdir(out / "checkpoint-2")

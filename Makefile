@@ -1,5 +1,6 @@
 # Entry points. Every training/eval target takes CONFIG=path.yaml and ARGS="--key value ...".
-# Several GPUs: NPROC=8 [ACCELERATE=configs/accelerate/zero2.yaml] goes through `accelerate launch`.
+# Several GPUs: NPROC=8 [ACCELERATE=configs/accelerate/zero2.yaml] goes through `accelerate launch`
+# (docs/scaling.md).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,24 +8,34 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?=
 ARGS ?=
-NPROC ?= 1
+MODEL ?=
+NPROC ?=
 ACCELERATE ?=
+LAUNCH_ARGS ?=
 TINY := runs/tiny
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-# One process: plain python. Several: accelerate launch (DDP, DeepSpeed or FSDP per ACCELERATE).
-ifeq ($(NPROC),1)
+# One process: plain python. NPROC>1, ACCELERATE=file or LAUNCH_ARGS: `accelerate launch` with that
+# config (default configs/accelerate/multi_gpu.yaml, DDP); --num_processes NPROC overrides the
+# file's num_processes. Several machines: LAUNCH_ARGS="--num_machines 2 --machine_rank 0
+# --main_process_ip HOST --main_process_port 29500" (docs/scaling.md).
+ifeq ($(strip $(ACCELERATE)$(LAUNCH_ARGS)$(filter-out 1,$(NPROC))),)
 LAUNCH := $(PY) -m
 else
-LAUNCH := $(VENV)/bin/accelerate launch --num_processes $(NPROC) $(if $(ACCELERATE),--config_file $(ACCELERATE)) -m
+LAUNCH := $(VENV)/bin/accelerate launch --config_file $(or $(ACCELERATE),configs/accelerate/multi_gpu.yaml) $(if $(NPROC),--num_processes $(NPROC)) $(LAUNCH_ARGS) -m
 endif
 
 # Tiny configs point at offline random models; build them first when one is used.
 tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
+# Demo configs run on the embedded SmolLM2-135M-Instruct (converted once, cached outside the repo).
+# EMBEDDED is a recursive variable: `python -m recipes.embedded` runs only when a demo config
+# expands it, and its last stdout line is the model directory.
+EMBEDDED = $(shell $(PY) -m recipes.embedded | tail -1)
+embedded_arg = $(if $(findstring demo,$(1)),--model_name_or_path $(or $(EMBEDDED),$(error recipes.embedded gave no model directory)))
 
-.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval demo bench
+.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment demo bench
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -50,3 +61,44 @@ test-slow: $(STAMP) ## also run the slow tests (embedded model, demo-sized runs)
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check .
+
+# vi_gsm8k cached as JSON Lines (file targets: an existing file is kept, never rebuilt).
+DATA_DIR ?= runs/data
+SOURCE ?= hllj/vi_gsm8k
+
+data: $(DATA_DIR)/vi_gsm8k-train.jsonl $(DATA_DIR)/vi_gsm8k-test.jsonl ## prepare vi_gsm8k train/test as JSONL in runs/data [SOURCE=hub-id|file DATA_DIR=dir]
+
+$(DATA_DIR)/vi_gsm8k-%.jsonl: | $(STAMP)
+	$(PY) -m data.vi_gsm8k --source $(SOURCE) --split $* --out $@
+
+sft: $(STAMP) $(call tiny_dep,$(CONFIG)) ## SFT + chain-of-thought baseline: CONFIG=configs/sft/{qwen2.5-3b,tiny}.yaml [ARGS="--resume"]
+	$(LAUNCH) recipes.sft --config $(or $(CONFIG),configs/sft/qwen2.5-3b.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
+
+grpo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## GRPO on vi_gsm8k: CONFIG=configs/grpo/{qwen2.5-3b,qwen2.5-1.5b,qwen2.5-0.5b,tiny}.yaml [ARGS="--resume"]
+	$(LAUNCH) recipes.grpo --config $(or $(CONFIG),configs/grpo/qwen2.5-3b.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
+
+eval: $(STAMP) $(call tiny_dep,$(CONFIG)) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## vi_gsm8k accuracy -> runs/eval/comparison.md: MODEL=hub-id|dir|adapter [ARGS="--limit 100 --run_name sft"] or CONFIG=
+	$(PY) -m evaluate.gsm8k $(if $(CONFIG),--config $(CONFIG)) $(if $(MODEL),--model_name_or_path $(MODEL)) $(ARGS)
+
+dpo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## DPO on preference pairs: CONFIG=configs/dpo/{qwen2.5-3b,qwen2.5-1.5b,demo,tiny}.yaml [ARGS="--beta 0.2"]
+	$(LAUNCH) recipes.dpo --config $(or $(CONFIG),configs/dpo/qwen2.5-3b.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
+
+eval-preference: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## held-out preference accuracy/margin + side-by-side answers: MODEL=run/adapter [ARGS="--dataset_name f.jsonl"]
+	$(PY) -m evaluate.preference $(if $(MODEL),--model_name_or_path $(MODEL)) $(ARGS)
+
+# PPO sentiment steering: reward-model and lm prepare the classifier and the policy, ppo steers it,
+# eval-sentiment compares the policy before and after PPO (all read the same CONFIG family).
+reward-model: $(STAMP) $(call tiny_dep,$(CONFIG)) ## sentiment classifier for PPO's reward: CONFIG=configs/reward_model/{phobert,demo,tiny}.yaml
+	$(LAUNCH) recipes.reward_model --config $(or $(CONFIG),configs/reward_model/phobert.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
+
+lm: $(STAMP) $(call tiny_dep,$(CONFIG)) ## adapt PPO's policy to the feedback corpus as a causal LM: CONFIG=configs/lm/{gpt2-vietnamese,demo,tiny}.yaml
+	$(LAUNCH) recipes.lm --config $(or $(CONFIG),configs/lm/gpt2-vietnamese.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
+
+ppo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO: steer the LM to negative feedback with the classifier reward: CONFIG=configs/ppo/{gpt2-vietnamese,demo,tiny}.yaml
+	$(LAUNCH) recipes.ppo --config $(or $(CONFIG),configs/ppo/gpt2-vietnamese.yaml) $(ARGS)
+
+eval-sentiment: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO policy before/after: negative share, reward, distinct-n, perplexity: CONFIG=configs/ppo/....yaml
+	$(PY) -m evaluate.sentiment --config $(or $(CONFIG),configs/ppo/gpt2-vietnamese.yaml) $(ARGS)
+
+bench: $(STAMP) ## Unsloth vs HF speed/memory, GRPO + DPO -> bench/results/ (GPU: 0.5b,1.5b shapes; CPU: tiny) [ARGS="--shapes 3b"]
+	$(PY) -m bench.run $(ARGS)

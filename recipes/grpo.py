@@ -1,0 +1,170 @@
+"""GRPO on Vietnamese GSM8K: sample several solutions per problem, reward the right ones.
+
+For every prompt the policy samples `num_generations` completions; each is scored by the reward
+functions named in the YAML (`reward_funcs`, weighted by TRL's `reward_weights`), and a
+completion's advantage is its reward minus the mean of its group. No value model, no reward
+model: the answer checker in `rewards/math.py` is the reward. The published run (Qwen2.5-3B-
+Instruct, 4-bit) reached exact match 0.67 on 100 sampled vi_gsm8k test problems, against 0.47 for
+the SFT + chain-of-thought baseline (`recipes/sft.py`).
+
+    make grpo                                   # configs/grpo/qwen2.5-3b.yaml (a 24 GB GPU)
+    make grpo CONFIG=configs/grpo/qwen2.5-1.5b.yaml
+    make grpo CONFIG=configs/grpo/tiny.yaml     # CPU smoke run on a tiny random model
+    python -m recipes.grpo --config configs/grpo/qwen2.5-3b.yaml --model_name_or_path runs/sft-qwen2.5-3b/adapter
+
+Generation: with `fast_inference: true`, a GPU and vLLM installed, Unsloth builds a vLLM engine
+that shares the LoRA weights with the trainer and TRL generates through it (`use_vllm`,
+colocate mode); otherwise Hugging Face `generate` (slower; the loader says which). The policy may
+start from a hub model, a merged model directory or an SFT adapter directory.
+
+Metrics in `<output_dir>/metrics.jsonl` (one row per logging step): `reward` (weighted sum),
+`rewards/<name>/mean` and `/std` per reward function, `frac_reward_zero_std` (groups that teach
+nothing), `completions/mean_length`, `completions/clipped_ratio`, `entropy`, and `kl` when
+`beta > 0`.
+"""
+
+import recipes.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
+
+# isort: split
+from dataclasses import dataclass, field
+
+from transformers import set_seed
+from trl import GRPOConfig, GRPOTrainer
+
+from data.common import is_local
+from data.vi_gsm8k import DEFAULT_SOURCE, SYSTEM_PROMPT, load_vi_gsm8k
+from evaluate.gsm8k import make_training_eval_callback
+from recipes.common import (
+    JsonlMetricsCallback,
+    ModelArguments,
+    RunArguments,
+    UserError,
+    fit_precision,
+    has_cuda,
+    load_model_and_tokenizer,
+    parse_args,
+    prepare_output_dir,
+    run_cli,
+    save_final,
+    write_run_info,
+)
+from rewards import get_reward_funcs
+
+
+@dataclass
+class GRPOScriptArguments:
+    """What to train on and how to score it.
+
+    Fields:
+        dataset_name (`str`, defaults to `"hllj/vi_gsm8k"`): hub id or a local .json/.jsonl/.parquet
+            file with the fields question, explanation, answer.
+        dataset_train_split (`str`, defaults to `"train"`): split of a hub dataset.
+        system_prompt (`str`, defaults to `data.vi_gsm8k.SYSTEM_PROMPT`): system message of every
+            prompt; "" for none (the chat template may then insert its own default one). Use the
+            prompt the policy was finetuned with.
+        limit (`int`, *optional*): train on a seeded random subset of this many problems.
+        reward_funcs (`list[str]`, defaults to `["correctness", "format"]`): reward functions by
+            registry name (`rewards.REWARDS`), parameterised name (`length_penalty:800`) or dotted
+            path (`my_pkg.rewards:brevity`). Weights go in `reward_weights`, in the same order.
+        eval_every_save (`bool`, defaults to `False`): at every checkpoint (and at the end), answer
+            `eval_limit` held-out problems greedily and log `eval_accuracy`, `eval_accuracy_strict`,
+            `eval_format_rate` to metrics.jsonl (and `train_eval.jsonl`).
+        eval_limit (`int`, defaults to `50`): held-out problems per evaluation (a seeded sample).
+        eval_dataset_name (`str`, *optional*): where held-out problems come from; defaults to
+            `dataset_name` (split `eval_split`). Set it when training on a local file, which has
+            no separate test split.
+        eval_split (`str`, defaults to `"test"`): split of a hub eval dataset.
+    """
+
+    dataset_name: str = field(default=DEFAULT_SOURCE, metadata={"help": "Hub id or local data file."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of a hub dataset."})
+    system_prompt: str = field(
+        default=SYSTEM_PROMPT, metadata={"help": "System prompt; '' for none. Keep the one the policy learned."}
+    )
+    limit: int | None = field(default=None, metadata={"help": "Seeded random subset of this many problems."})
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["correctness", "format"],
+        metadata={"help": "Reward functions: registry names, 'name:args' or dotted paths; weights in reward_weights."},
+    )
+    eval_every_save: bool = field(default=False, metadata={"help": "Evaluate held-out problems at every checkpoint."})
+    eval_limit: int = field(default=50, metadata={"help": "Held-out problems per training-time evaluation."})
+    eval_dataset_name: str | None = field(default=None, metadata={"help": "Held-out data (default: dataset_name)."})
+    eval_split: str = field(default="test", metadata={"help": "Split of a hub eval dataset."})
+
+
+def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args, run_args = parse_args(
+        [GRPOScriptArguments, GRPOConfig, ModelArguments, RunArguments], argv
+    )
+    # Rewards first: a misspelt name should fail before minutes of model loading.
+    try:
+        reward_funcs = get_reward_funcs(script_args.reward_funcs)
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err)) from None
+    weights = training_args.reward_weights
+    if weights is not None and len(weights) != len(reward_funcs):
+        raise UserError(f"reward_weights has {len(weights)} values for {len(reward_funcs)} reward_funcs "
+                        f"{script_args.reward_funcs}; give one weight per reward")
+    if training_args.use_vllm and not has_cuda():
+        raise UserError("use_vllm needs a CUDA GPU with vLLM; set use_vllm: false (HF generate) on this machine")
+    checkpoint = prepare_output_dir(training_args.output_dir, run_args.resume)
+    set_seed(training_args.seed)
+    fit_precision(training_args)
+
+    # Data: chat prompts plus the gold `answer` column, which reaches the rewards as a keyword.
+    train_dataset = load_vi_gsm8k(
+        script_args.dataset_name,
+        split=script_args.dataset_train_split,
+        on_bad_rows=run_args.on_bad_rows,
+        limit=script_args.limit,
+        seed=training_args.seed,
+        system_prompt=script_args.system_prompt,
+    ).remove_columns("completion")  # the reference solution is SFT's target, not GRPO's
+    print(f"[data] {len(train_dataset)} training problems from {script_args.dataset_name}")
+    eval_dataset = None
+    if script_args.eval_every_save:
+        # Accuracy on problems the policy never trains on, at every checkpoint: a rising reward
+        # can also mean the policy learned to game the format.
+        eval_source = script_args.eval_dataset_name or script_args.dataset_name
+        if is_local(eval_source) and eval_source == script_args.dataset_name:
+            print(f"[eval] note: held-out problems come from the training file {eval_source}; "
+                  "set eval_dataset_name to a separate file for a real held-out score")
+        eval_dataset = load_vi_gsm8k(eval_source, split=script_args.eval_split, on_bad_rows=run_args.on_bad_rows,
+                                     limit=script_args.eval_limit, seed=training_args.seed,
+                                     system_prompt=script_args.system_prompt)
+
+    # Model: the policy with LoRA (or an SFT adapter to continue). With beta > 0 the reference
+    # model is the same network with the adapter switched off (no second copy in memory) - so
+    # when continuing an SFT adapter the KL is measured against the base, not the SFT policy.
+    model, tokenizer = load_model_and_tokenizer(model_args, seed=training_args.seed)
+    if getattr(model, "vllm_engine", None) is not None:
+        # Unsloth attached a vLLM engine sharing the LoRA weights: TRL must generate through it,
+        # in the same process (Unsloth's patched trainer reads `model.vllm_engine`).
+        training_args.use_vllm, training_args.vllm_mode = True, "colocate"
+
+    names = [f.__name__ for f in reward_funcs]
+    shown = ", ".join(f"{n} x {w:g}" for n, w in zip(names, weights or [1.0] * len(names), strict=True))
+    print(f"[rewards] {shown}; "
+          f"{training_args.num_generations} generations per prompt, beta={training_args.beta:g}")
+
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        callbacks=[JsonlMetricsCallback(training_args.output_dir)],
+    )
+    if eval_dataset is not None:
+        trainer.add_callback(make_training_eval_callback(
+            eval_dataset, tokenizer, training_args.output_dir, limit=script_args.eval_limit,
+            max_new_tokens=training_args.max_completion_length, trainer=trainer))
+    write_run_info(training_args.output_dir, script_args, training_args, model_args, run_args,
+                   extra={"recipe": "grpo", "train_rows": len(train_dataset), "reward_names": names,
+                          "generation": "vLLM" if training_args.use_vllm else "HF generate"})
+    trainer.train(resume_from_checkpoint=checkpoint)
+    save_final(trainer, tokenizer, training_args.output_dir, model_args, run_args.save_merged)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -35,7 +35,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 EMBEDDED = $(shell $(PY) -m recipes.embedded | tail -1)
 embedded_arg = $(if $(findstring demo,$(1)),--model_name_or_path $(or $(EMBEDDED),$(error recipes.embedded gave no model directory)))
 
-.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment demo bench
+.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment demo demo-quick bench
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -102,3 +102,11 @@ eval-sentiment: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO policy before/after: 
 
 bench: $(STAMP) ## Unsloth vs HF speed/memory, GRPO + DPO -> bench/results/ (GPU: 0.5b,1.5b shapes; CPU: tiny) [ARGS="--shapes 3b"]
 	$(PY) -m bench.run $(ARGS)
+
+# The offline demo: every stage is one of the targets above, run by recipes/demo.py with the
+# configs/{eval,sft,grpo}/demo.yaml settings on the embedded model and synthetic problems.
+demo: $(STAMP) ## the GRPO story on a CPU, offline (~25 min): base -> SFT priming -> GRPO, evaluated -> runs/demo/report.md [ARGS="--resume"]
+	$(PY) -m recipes.demo $(ARGS)
+
+demo-quick: $(STAMP) $(TINY)/.complete ## the demo's plumbing on the tiny random model (~1 min) -> runs/demo-quick/report.md
+	$(PY) -m recipes.demo --quick --model $(TINY)/qwen2 --output_dir runs/demo-quick $(ARGS)

@@ -341,13 +341,19 @@ def _relative(path: Path, start: Path) -> str:
         return str(path)
 
 
+def argument_types() -> list[type]:
+    """The dataclasses an eval config fills (imported lazily: --score-only needs no torch)."""
+    from recipes.common import ModelArguments
+
+    return [ModelArguments, EvalArguments]
+
+
 def evaluate_model(argv: list[str] | None = None) -> None:
     """Load the model, generate, score, write the run directory and update the comparison."""
     from data.vi_gsm8k import SYSTEM_PROMPT, load_vi_gsm8k
     from evaluate.generation import DecodingSettings, generate
     from evaluate.report import record_result
     from recipes.common import (
-        ModelArguments,
         UserError,
         adapter_base,
         load_model_and_tokenizer,
@@ -357,7 +363,7 @@ def evaluate_model(argv: list[str] | None = None) -> None:
     )
 
     started = time.perf_counter()
-    margs, eargs = parse_args([ModelArguments, EvalArguments], argv)
+    margs, eargs = parse_args(argument_types(), argv)
     if not margs.model_name_or_path:
         raise UserError("no model to evaluate: pass --model_name_or_path (make eval MODEL=...)")
     if eargs.on_bad_rows not in ("skip", "fail"):

@@ -186,8 +186,12 @@ def eval_states(out: Path, base_name: str, starting_adapter: str | None, sft_ada
     return states
 
 
+# The dataclasses a config of this recipe fills (tests parse every shipped YAML with them).
+ARGUMENT_TYPES = [PreferenceArguments, DPOConfig, ModelArguments, RunArguments]
+
+
 def main(argv: list[str] | None = None) -> None:
-    pargs, targs, margs, rargs = parse_args([PreferenceArguments, DPOConfig, ModelArguments, RunArguments], argv)
+    pargs, targs, margs, rargs = parse_args(ARGUMENT_TYPES, argv)
     check_loss(targs)
     if not margs.use_peft and pargs.sft_first_steps:
         raise UserError("sft_first_steps needs use_peft: true (full finetuning would need a second model copy "

@@ -92,10 +92,12 @@ class GRPOScriptArguments:
     eval_split: str = field(default="test", metadata={"help": "Split of a hub eval dataset."})
 
 
+# The dataclasses a config of this recipe fills (tests parse every shipped YAML with them).
+ARGUMENT_TYPES = [GRPOScriptArguments, GRPOConfig, ModelArguments, RunArguments]
+
+
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args, run_args = parse_args(
-        [GRPOScriptArguments, GRPOConfig, ModelArguments, RunArguments], argv
-    )
+    script_args, training_args, model_args, run_args = parse_args(ARGUMENT_TYPES, argv)
     # Rewards first: a misspelt name should fail before minutes of model loading.
     try:
         reward_funcs = get_reward_funcs(script_args.reward_funcs)

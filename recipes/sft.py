@@ -71,10 +71,12 @@ def completion_token_share(dataset, rows: int = 200) -> float:
     return labelled / max(total, 1)
 
 
+# The dataclasses a config of this recipe fills (tests parse every shipped YAML with them).
+ARGUMENT_TYPES = [SFTScriptArguments, SFTConfig, ModelArguments, RunArguments]
+
+
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args, run_args = parse_args(
-        [SFTScriptArguments, SFTConfig, ModelArguments, RunArguments], argv
-    )
+    script_args, training_args, model_args, run_args = parse_args(ARGUMENT_TYPES, argv)
     checkpoint = prepare_output_dir(training_args.output_dir, run_args.resume)
     set_seed(training_args.seed)
     fit_precision(training_args)

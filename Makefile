@@ -88,7 +88,7 @@ eval-preference: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) #
 
 # PPO sentiment steering: reward-model and lm prepare the classifier and the policy, ppo steers it,
 # eval-sentiment compares the policy before and after PPO (all read the same CONFIG family).
-reward-model: $(STAMP) $(call tiny_dep,$(CONFIG)) ## sentiment classifier for PPO's reward: CONFIG=configs/reward_model/{phobert,demo,tiny}.yaml
+reward-model: $(STAMP) $(call tiny_dep,$(CONFIG)) ## sentiment classifier for PPO's reward: CONFIG=configs/reward_model/{phobert,tiny}.yaml
 	$(LAUNCH) recipes.reward_model --config $(or $(CONFIG),configs/reward_model/phobert.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
 
 lm: $(STAMP) $(call tiny_dep,$(CONFIG)) ## adapt PPO's policy to the feedback corpus as a causal LM: CONFIG=configs/lm/{gpt2-vietnamese,demo,tiny}.yaml

@@ -54,7 +54,8 @@ FACTORIES: dict[str, Callable[..., Callable[..., list[float | None]]] | str] = {
     "length_penalty": make_length_penalty,
     "repetition_penalty": make_repetition_penalty,
     # ---- classifier rewards (rewards/sentiment.py imports torch: register it as a string) ----
-    # "sentiment": "rewards.sentiment:make_sentiment_reward",
+    # "sentiment:<classifier dir>,label=negative,score=logit" (see rewards/sentiment.py)
+    "sentiment": "rewards.sentiment:make_sentiment_reward",
 }
 
 

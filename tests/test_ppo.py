@@ -1,0 +1,144 @@
+"""PPO sentiment steering: the make chain end to end on tiny models, and a learning test.
+
+The chain (`make lm` -> `make ppo` -> `make eval-sentiment`) runs the entry points a user runs;
+the learning test builds TRL's PPOTrainer the way recipes/ppo.py does, around a toy text reward
+behind the same `TextRewardAdapter`, and checks that sampling from the trained policy earns more.
+"""
+
+import json
+
+import pytest
+import torch
+from conftest import run_entry
+
+from data.students_feedback import FIXTURE, load_prompts
+
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_make_lm_ppo_eval_chain_tiny(tmp_path, tiny_models):
+    lm, ppo, results = tmp_path / "lm", tmp_path / "ppo", tmp_path / "eval"
+    run_entry(["make", "-s", "lm", "CONFIG=configs/lm/tiny.yaml", f"ARGS=--output_dir {lm} --num_train_epochs 1"],
+              env=ENV)
+    lm_metrics = json.loads((lm / "metrics.json").read_text())
+    assert lm_metrics["policy"] == str(lm / "model")
+    assert lm_metrics["eval_loss"] < lm_metrics["eval_loss_before"]
+
+    # The reward model is the tiny (untrained) classifier: its own tokenizer, no segmentation file.
+    classifier = tiny_models / "classifier"
+    ppo_args = f"--model_name_or_path {lm / 'model'} --reward_model {classifier} --output_dir {ppo}"
+    run_entry(["make", "-s", "ppo", "CONFIG=configs/ppo/tiny.yaml", f"ARGS={ppo_args} --total_episodes 16"], env=ENV)
+    summary = json.loads((ppo / "metrics.json").read_text())
+    assert summary["updates"] == 2 and summary["episodes"] == 16
+    assert (ppo / "model" / "model.safetensors").is_file()
+    steps = [row for row in _jsonl(ppo / "metrics.jsonl") if "objective/scores" in row]
+    assert len(steps) == 2 and all("objective/kl" in row for row in steps)
+
+    # Logged sample rewards are the classifier's scores of prompt + response (reward_text: full).
+    samples = _jsonl(ppo / "samples.jsonl")
+    assert {row["step"] for row in samples} == {1, 2} and len(samples) == 8
+    from rewards.sentiment import SentimentScorer
+
+    scorer = SentimentScorer(str(classifier), device="cpu")
+    expected = scorer([row["prompt"] + row["response"] for row in samples])
+    assert [row["reward"] for row in samples] == pytest.approx(expected, abs=1e-4)
+
+    eval_args = (f"{ppo_args} --num_prompts 3 --samples_per_prompt 2 --results_dir {results} "
+                 f"--eval_output_dir {results / 'sentiment'}")
+    run_entry(["make", "-s", "eval-sentiment", "CONFIG=configs/ppo/tiny.yaml", f"ARGS={eval_args}"], env=ENV)
+    recorded = json.loads((results / "results.json").read_text())["sentiment"]
+    assert set(recorded) == {"ppo-before", "ppo-after"}
+    for name, metrics in recorded.items():
+        assert metrics["n_samples"] == 6
+        assert abs(metrics["negative_share"] + metrics["neutral_share"] + metrics["positive_share"] - 1) < 1e-9
+        assert 0 <= metrics["distinct_2"] <= 1 and metrics["perplexity"] > 1
+        rows = _jsonl(results / "sentiment" / name / "predictions.jsonl")
+        assert len(rows) == 6 and rows[0]["reward"] == pytest.approx(scorer([rows[0]["scored_text"]])[0], abs=1e-4)
+    assert recorded["ppo-after"]["model"] == str(ppo / "model")
+    assert "## sentiment" in (results / "comparison.md").read_text()
+
+
+def letter_a_share(texts):
+    """Toy reward: 10 x the share of characters that are "a" (dense, varied: PPO can climb it)."""
+    return [10 * sum(ch == "a" for ch in t) / max(1, len(t)) for t in texts]
+
+
+def test_ppo_raises_a_toy_text_reward(tiny_models, tmp_path):
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+    )
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    from evaluate.sentiment import sample_responses
+    from rewards.sentiment import TextRewardAdapter
+
+    torch.manual_seed(0)
+    path = tiny_models / "gpt2"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    policy = AutoModelForCausalLM.from_pretrained(path)
+    prompts = list(load_prompts(str(FIXTURE), "all")["prompt"])
+    ids = tokenizer(prompts)["input_ids"]
+    width = max(map(len, ids))
+
+    def mean_reward(model):
+        groups = sample_responses(model, tokenizer, prompts[:32], 4, 8, 1.0, None, 32, seed=0)
+        return sum(sum(letter_a_share(g)) for g in groups) / 128
+
+    before = mean_reward(policy)
+    args = PPOConfig(
+        output_dir=str(tmp_path / "ppo"), total_episodes=192, response_length=8, temperature=1.0, kl_coef=0.01,
+        learning_rate=1e-2, per_device_train_batch_size=16, num_ppo_epochs=4, num_mini_batches=1,
+        num_sample_generations=0, bf16=False, gradient_checkpointing=False, report_to=[], seed=0,
+        save_strategy="no", disable_tqdm=True,
+    )
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=AutoModelForCausalLM.from_pretrained(path),
+        reward_model=TextRewardAdapter(letter_a_share, tokenizer, text="response", context_length=width),
+        train_dataset=Dataset.from_dict({"input_ids": ids}),
+        value_model=AutoModelForSequenceClassification.from_pretrained(path, num_labels=1),
+        data_collator=DataCollatorWithPadding(tokenizer, padding="max_length", max_length=width),
+    )
+    trainer.train()
+    after = mean_reward(policy)
+    # Measured: about 0.22 before and 1.3 after 12 updates; a broken reward path stays near 0.22.
+    assert after > 2 * before, (before, after)
+
+
+@pytest.mark.parametrize(
+    "texts, n, expected",
+    [
+        (["rất hay rất hay"], 1, 2 / 4),
+        (["rất hay rất hay"], 2, 2 / 3),      # "rất hay", "hay rất", "rất hay"
+        (["rất hay", "rất hay"], 2, 1 / 2),   # the same response twice: half the bigrams repeat
+        (["một"], 2, 0.0),                    # no bigram at all
+        ([], 1, 0.0),
+    ],
+)
+def test_distinct_n(texts, n, expected):
+    from evaluate.sentiment import distinct_n
+
+    assert distinct_n(texts, n) == pytest.approx(expected)
+
+
+def test_summarize_shares_and_rewards():
+    from evaluate.sentiment import summarize
+
+    rows = [{"response": "a b", "reward": 1.0, "predicted": "negative"},
+            {"response": "a c", "reward": 3.0, "predicted": "negative"},
+            {"response": "d", "reward": -2.0, "predicted": "positive"}]
+    metrics = summarize(rows, ["negative", "neutral", "positive"], perplexity=12.5)
+    assert metrics["negative_share"] == pytest.approx(2 / 3) and metrics["neutral_share"] == 0.0
+    assert metrics["mean_reward"] == pytest.approx(2 / 3) and metrics["median_reward"] == 1.0
+    assert metrics["distinct_1"] == pytest.approx(4 / 5) and metrics["perplexity"] == 12.5

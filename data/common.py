@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import datasets
 
@@ -59,9 +60,9 @@ def load_source(
                 rows = rows["data"]
             if not isinstance(rows, list):
                 raise DataError(f"{source} must hold a list of objects (or JSON Lines)")
-            return datasets.Dataset.from_list([r if isinstance(r, dict) else {"_bad": r} for r in rows])
+            return rows_to_dataset([r if isinstance(r, dict) else {"_bad": r} for r in rows])
         if builder == "json":
-            return datasets.Dataset.from_list(read_jsonl(path))
+            return rows_to_dataset(read_jsonl(path))
         return datasets.load_dataset("parquet", data_files=str(path), split="train")
     try:
         if data_files is not None:
@@ -72,6 +73,18 @@ def load_source(
             f"could not load {source!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
             "Offline? Pass a local .json/.jsonl/.parquet file instead."
         ) from None
+
+
+def rows_to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
+    """A Dataset with the union of every row's keys (missing values None).
+
+    `Dataset.from_list` takes the columns from the first row only, which would silently drop a
+    field that row lacks - and with it the chance to report the other rows' problems.
+    """
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return datasets.Dataset.from_list([{c: row.get(c) for c in columns} for row in rows])
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -426,6 +426,14 @@ def prepare_output_dir(output_dir: str, resume: bool) -> str | None:
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir {output_dir} is a file; choose a directory")
     occupied = path.is_dir() and any(path.iterdir())
+    if occupied and not resume and _only_bookkeeping(path):
+        # A run that failed before its first checkpoint (bad data, model not found) left only
+        # its config records: nothing to lose, so the fixed command may start it again.
+        print(f"[run] {output_dir} holds only the records of a run that never saved anything: starting it anew")
+        for stale in path.iterdir():
+            if stale.is_file():
+                stale.unlink()
+        occupied = False
     if not occupied:
         if resume:
             raise UserError(f"--resume given but {output_dir} holds no run yet; drop --resume to start it")
@@ -442,6 +450,16 @@ def prepare_output_dir(output_dir: str, resume: bool) -> str | None:
         raise UserError(f"--resume: no checkpoint-* directory in {output_dir} to resume from")
     print(f"[run] resuming from {checkpoint}")
     return checkpoint
+
+
+BOOKKEEPING = ("config.yaml", "run_info.json")
+
+
+def _only_bookkeeping(path: Path) -> bool:
+    """True when a run directory holds nothing but what `write_run_info` writes at the start."""
+    names = [p.name for p in path.iterdir()]
+    return all(n in BOOKKEEPING or (n.startswith("config.resume-") and n.endswith((".yaml", ".json")))
+               or n.startswith(".") for n in names)
 
 
 def git_revision() -> str:

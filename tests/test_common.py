@@ -218,3 +218,16 @@ def test_run_info_records_config_versions_and_git(tmp_path):
     # A second write (a resumed run) keeps the first config.
     write_run_info(str(tmp_path), ModelArguments(model_name_or_path="x/y", lora_r=9), RunArguments())
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["lora_r"] == 7
+
+
+def test_a_run_that_failed_before_saving_anything_can_be_restarted(tmp_path, capsys):
+    """Only config.yaml/run_info.json (written at the start) do not block the corrected rerun."""
+    out = tmp_path / "run"
+    prepare_output_dir(str(out), resume=False)
+    write_run_info(str(out), ModelArguments(model_name_or_path="x/y"), RunArguments())
+    assert prepare_output_dir(str(out), resume=False) is None
+    assert "starting it anew" in capsys.readouterr().out
+    assert not (out / "config.yaml").exists()  # the failed run's records are replaced, not kept as its own
+    (out / "metrics.jsonl").write_text("{}\n")  # anything a run produced makes it a run again
+    with pytest.raises(UserError, match="already holds a run"):
+        prepare_output_dir(str(out), resume=False)

@@ -172,3 +172,17 @@ def test_make_data_builds_both_splits_once(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"vi_gsm8k-train.jsonl", "vi_gsm8k-test.jsonl"}
     again = run_entry(["make", "data", f"SOURCE={FIXTURE}", f"DATA_DIR={tmp_path}"])
     assert "wrote" not in again.stdout  # existing files are kept, not rebuilt
+
+
+def test_a_field_missing_from_the_first_row_is_still_reported(tmp_path):
+    """Columns come from every row, not the first one: row 0 lacking `explanation` is a bad row."""
+    import json as _json
+
+    from data.vi_gsm8k import load_vi_gsm8k
+
+    rows = [{"question": "Lan có 3 quả táo, ăn 1 quả. Còn mấy quả?", "answer": "2"},
+            {"question": "Có 2 + 2 quả cam. Có mấy quả?", "explanation": "2 + 2 = 4", "answer": "4"}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(_json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    data = load_vi_gsm8k(str(path), on_bad_rows="skip")
+    assert len(data) == 1 and data[0]["answer"] == "4"

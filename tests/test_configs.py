@@ -1,0 +1,53 @@
+"""Every shipped YAML in configs/ parses with the parser of the recipe that reads it.
+
+A key that no dataclass of the recipe knows would stop a user's run before it starts; this
+catches it here instead. The accelerate launch configs are checked by accelerate's own loader
+in tests/test_accelerate_configs.py.
+"""
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
+from recipes.common import UserError, parse_args
+
+ROOT = Path(__file__).resolve().parent.parent
+# configs/<dir>/ -> the module whose ARGUMENT_TYPES parse it.
+READERS = {
+    "sft": "recipes.sft",
+    "grpo": "recipes.grpo",
+    "dpo": "recipes.dpo",
+    "ppo": "recipes.ppo",
+    "lm": "recipes.lm",
+    "reward_model": "recipes.reward_model",
+    "eval": "evaluate.gsm8k",
+}
+CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").glob("*/*.yaml")
+                 if p.parent.name != "accelerate")
+
+
+def argument_types(module_name: str) -> list[type]:
+    module = importlib.import_module(module_name)
+    return module.argument_types() if hasattr(module, "argument_types") else module.ARGUMENT_TYPES
+
+
+def test_every_config_directory_has_a_reader():
+    dirs = {Path(c).parts[1] for c in CONFIGS}
+    assert dirs <= set(READERS), f"configs without a known recipe: {sorted(dirs - set(READERS))}"
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_parses(config):
+    parsed = parse_args(argument_types(READERS[Path(config).parts[1]]), ["--config", str(ROOT / config)])
+    assert parsed, config
+
+
+def test_a_typo_in_a_shipped_config_would_be_caught(tmp_path):
+    """The check above can fail: the same parse rejects a shipped config with one key misspelt."""
+    source = (ROOT / "configs" / "grpo" / "tiny.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(source.replace("learning_rate:", "learnig_rate:"))
+    with pytest.raises(UserError, match="learnig_rate"):
+        parse_args(argument_types("recipes.grpo"), ["--config", str(bad)])

@@ -30,6 +30,9 @@ def run_entry(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict |
               check: bool = True) -> subprocess.CompletedProcess:
     """Run a user entry point (`python -m ...` or `make ...`) the way a user would, offline."""
     full_env = dict(os.environ)
+    # Under `make test` these would make a nested `make` behave unlike a user's top-level one.
+    for name in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
+        full_env.pop(name, None)
     full_env.update(env or {})
     if args[0] == "python":
         args = [sys.executable] + args[1:]

@@ -94,8 +94,10 @@ def test_makefile_launch_line():
     import subprocess
 
     def dry(*variables):
-        out = subprocess.run(["make", "-n", "grpo", "CONFIG=configs/grpo/qwen2.5-3b.yaml", *variables], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
+        # --no-print-directory: under `make test` this make is a sub-make and would add
+        # "make[1]: Leaving directory" after the command.
+        out = subprocess.run(["make", "--no-print-directory", "-n", "grpo", "CONFIG=configs/grpo/qwen2.5-3b.yaml",
+                              *variables], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         return " ".join(out.strip().splitlines()[-1].split())
 
     assert dry().startswith(".venv/bin/python -m recipes.grpo --config")

@@ -50,17 +50,7 @@ def load_source(
         if builder is None:
             raise DataError(f"unsupported data file type {path.suffix!r} for {source}: use .json, .jsonl or .parquet")
         if builder == "json" and path.suffix.lower() == ".json":
-            # A .json file may be one array of objects; datasets handles both, but reading it
-            # ourselves gives a clear error on malformed JSON instead of an Arrow traceback.
-            try:
-                rows = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{source} is not valid JSON (line {err.lineno}: {err.msg})") from None
-            if isinstance(rows, dict) and "data" in rows:
-                rows = rows["data"]
-            if not isinstance(rows, list):
-                raise DataError(f"{source} must hold a list of objects (or JSON Lines)")
-            return rows_to_dataset([r if isinstance(r, dict) else {"_bad": r} for r in rows])
+            return rows_to_dataset(read_json_array(path))
         if builder == "json":
             return rows_to_dataset(read_jsonl(path))
         return datasets.load_dataset("parquet", data_files=str(path), split="train")
@@ -85,6 +75,24 @@ def rows_to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
     for row in rows:
         columns.update(dict.fromkeys(row))
     return datasets.Dataset.from_list([{c: row.get(c) for c in columns} for row in rows])
+
+
+def read_json_array(path: str | Path) -> list[dict[str, Any]]:
+    """Read a .json file holding a list of objects (or {"data": [...]}).
+
+    `datasets` reads these too, but reading them here gives a clear error on malformed JSON
+    instead of an Arrow traceback. A list item that is not an object becomes `{"_bad": item}`,
+    so validation reports it by row index.
+    """
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    if isinstance(rows, dict) and "data" in rows:
+        rows = rows["data"]
+    if not isinstance(rows, list):
+        raise DataError(f"{path} must hold a list of objects (or JSON Lines)")
+    return [r if isinstance(r, dict) else {"_bad": r} for r in rows]
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -18,13 +18,12 @@ to prompts given as plain text; conversational prompts are used as given.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from data.common import DataError, load_source, read_jsonl, seeded_split, validate_rows
+from data.common import DataError, load_source, read_json_array, read_jsonl, seeded_split, validate_rows
 
 DEFAULT_SOURCE = "thainq107/Vi-Alpaca-Preference"
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "preference_sample.jsonl"
@@ -145,15 +144,7 @@ def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
     if path.suffix.lower() == ".jsonl" and path.is_file():
         return read_jsonl(path)
     if path.suffix.lower() == ".json" and path.is_file():
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{source} is not valid JSON (line {err.lineno}: {err.msg})") from None
-        if isinstance(rows, dict) and "data" in rows:
-            rows = rows["data"]
-        if not isinstance(rows, list):
-            raise DataError(f"{source} must hold a list of objects (or JSON Lines)")
-        return [r if isinstance(r, dict) else {"_not_an_object": r} for r in rows]
+        return read_json_array(path)
     return load_source(source, split=split).to_list()
 
 

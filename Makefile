@@ -105,7 +105,7 @@ bench: $(STAMP) ## Unsloth vs HF speed/memory, GRPO + DPO -> bench/results/ (GPU
 
 # The offline demo: every stage is one of the targets above, run by recipes/demo.py with the
 # configs/{eval,sft,grpo}/demo.yaml settings on the embedded model and synthetic problems.
-demo: $(STAMP) ## the GRPO story on a CPU, offline (~25 min): base -> SFT priming -> GRPO, evaluated -> runs/demo/report.md [ARGS="--resume"]
+demo: $(STAMP) ## the GRPO story on a CPU, offline (~30 min on 2 cores): base -> SFT priming -> GRPO, evaluated -> runs/demo/report.md [ARGS="--resume"]
 	$(PY) -m recipes.demo $(ARGS)
 
 demo-quick: $(STAMP) $(TINY)/.complete ## the demo's plumbing on the tiny random model (~1 min) -> runs/demo-quick/report.md

@@ -134,25 +134,45 @@ def check_system_prompts(overrides: dict[str, list[str]]) -> None:
 
 
 # ------------------------------------------------------------------------------------- stages
+def other_runnable_threads(samples: int = 20, interval: float = 0.05) -> float | None:
+    """How many threads of other processes are running or waiting for a core right now (the
+    median of a short sampling of /proc/loadavg's runnable count, less this process); None where
+    /proc is not there."""
+    counts = []
+    for _ in range(samples):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as fh:
+                counts.append(int(fh.read().split()[3].split("/")[0]) - 1)
+        except (OSError, IndexError, ValueError):
+            return None
+        time.sleep(interval)
+    counts.sort()
+    return float(counts[len(counts) // 2])
+
+
 def choose_threads(requested: str) -> str | None:
-    """OMP_NUM_THREADS for the stages: a number as given, or for "auto" 1 when other processes
-    already keep the cores busy (None: torch's default, one thread per core).
+    """OMP_NUM_THREADS for the next stage: a number as given; for "auto" the cores that other
+    processes leave free (None: torch's default, one thread per core).
 
     With more runnable threads than cores, torch's threads wait for each other at every operation:
     measured here, a SmolLM2-135M forward pass took 3x longer with 2 threads than with 1 while
-    other jobs loaded the 2 cores. An OMP_NUM_THREADS already set by the user is kept.
+    other jobs kept the 2 cores busy. Decided again before every stage, since other jobs come and
+    go; an OMP_NUM_THREADS already set by the user is kept.
     """
     if "OMP_NUM_THREADS" in os.environ:
         return os.environ["OMP_NUM_THREADS"]
     if requested != "auto":
         return requested
     cores = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if cores > 1 and load > cores / 2:
-        print(f"[demo] the CPU is busy (load {load:.1f} on {cores} cores): each stage runs with 1 thread, "
-              "which is faster than contending for the cores (--threads N to choose)", flush=True)
-        return "1"
-    return None
+    others = other_runnable_threads()
+    if others is None or cores == 1:
+        return None
+    threads = max(1, cores - int(others + 0.5))
+    if threads == cores:
+        return None
+    print(f"[demo] other jobs keep {others:g} thread(s) busy on the {cores} cores: this stage runs with "
+          f"{threads} thread(s), faster than contending for the cores (--threads N to choose)", flush=True)
+    return str(threads)
 
 
 def run_stage(name: str, cmd: list[str], out: Path, threads: str | None = None) -> None:
@@ -443,8 +463,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data_args", default=DATA_DEFAULTS["data_args"],
                         help=f"extra data.synthetic options (default {DATA_DEFAULTS['data_args']!r})")
     parser.add_argument("--threads", default="auto",
-                        help="threads per stage: a number, or auto (1 when other jobs keep the cores busy, "
-                             "else one per core)")
+                        help="threads per stage: a number, or auto (the cores other jobs leave free, "
+                             "decided before each stage)")
     for stage in ("sft", "grpo", "eval"):
         parser.add_argument(f"--{stage}_args", default="",
                             help=f"extra '--key value' overrides of {CONFIGS[stage]}")
@@ -503,7 +523,6 @@ def main(argv: list[str] | None = None) -> int:
             state = {**settings, "stages": {}}
             save_state(out, state)
         print(f"[demo] model {state['model']}; directory {out}", flush=True)
-        threads = choose_threads(args.threads)
 
         for name, cmd, path in plan(args, out, state["model"]):
             if name in state["stages"]:
@@ -514,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             if not extra and path is not None:
                 clear_unfinished(path, out)
             t0 = time.time()
-            run_stage(name, cmd + extra, out, threads)
+            run_stage(name, cmd + extra, out, choose_threads(args.threads))
             shown = " ".join(shlex.quote(c) for c in ["python"] + cmd[1:])
             state["stages"][name] = {"seconds": round(time.time() - t0, 1), "command": shown}
             save_state(out, state)

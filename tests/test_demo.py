@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from recipes.demo import last_per_step, verdict
+import recipes.demo as demo_module
+from recipes.demo import choose_threads, last_per_step, verdict
 from tests.conftest import run_entry
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # tiny matrices: one thread is faster and shares the CPU better
@@ -125,6 +126,28 @@ def test_user_errors_are_one_line(tmp_path, args, message):
 )
 def test_verdict(low, high, expected):
     assert verdict(low, high) == expected
+
+
+@pytest.mark.parametrize("others, cores, expected", [
+    (0.0, 2, None),    # idle: torch's default, one thread per core
+    (1.0, 2, "1"),     # one other busy thread leaves one core
+    (5.0, 2, "1"),     # never fewer than one
+    (2.0, 8, "6"),
+    (None, 2, None),   # no /proc: leave torch alone
+])
+def test_auto_threads_leave_the_cores_other_jobs_use(monkeypatch, others, cores, expected):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(demo_module, "other_runnable_threads", lambda: others)
+    monkeypatch.setattr(demo_module.os, "cpu_count", lambda: cores)
+    assert choose_threads("auto") == expected
+
+
+def test_threads_given_by_the_user_win(monkeypatch):
+    monkeypatch.setattr(demo_module, "other_runnable_threads", lambda: 1.0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert choose_threads("3") == "3"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert choose_threads("auto") == "2"
 
 
 def test_last_per_step_keeps_the_rerun_of_a_resumed_step():

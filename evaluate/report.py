@@ -161,7 +161,10 @@ def plot_comparison(results: dict[str, dict[str, dict[str, Any]]], out: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    # wide enough that each bar's value label stays readable with many runs and metrics
+    widths = [max(5.5, 0.42 * len(keys) * len(runs) + 1.5) for _, runs, keys in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 4.2), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     for ax, (task, runs, keys) in zip(axes[0], panels, strict=True):
         width = 0.8 / max(1, len(runs))
         for i, (run, metrics) in enumerate(runs.items()):
@@ -171,7 +174,9 @@ def plot_comparison(results: dict[str, dict[str, dict[str, Any]]], out: Path) ->
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
         labels = [f"{k}/{CHART_SCALE[k]:g}" if k in CHART_SCALE else k for k in keys]
         ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(keys))], labels, rotation=20, fontsize=8)
-        ax.set_title(task)
+        sizes = {m.get("n") for m in runs.values()}
+        ax.set_title(f"{task} (n = {sizes.pop()})" if len(sizes) == 1 and None not in sizes else task)
+        ax.set_ylim(0, max(1.0, ax.get_ylim()[1]) * 1.08)
         ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = out.with_name(f".{out.stem}.tmp.png")

@@ -124,7 +124,7 @@ def paired_section(results_dir: Path, runs: dict[str, dict[str, Any]], baseline:
         except ValueError as err:
             lines.append(f"| {run} | - | - | {str(err).replace('|', '/')} | - |")
             continue
-        lines.append(f"| {run} | {d.n} | {d.diff:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | {d.p_value:.3f} |")
+        lines.append(f"| {run} | {d.n} | {d.diff:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | {d.p_text().removeprefix('p = ')} |")
     return "\n".join(lines)
 
 

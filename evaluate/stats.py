@@ -33,7 +33,7 @@ class PairedDiff:
     Fields: ``n`` paired problems, ``mean_a`` / ``mean_b`` the two accuracies, ``diff`` =
     mean_b - mean_a, ``low`` / ``high`` the percentile interval at ``confidence``, ``p_value`` a
     two-sided bootstrap p-value for "no difference" (share of resampled differences on the other
-    side of 0, doubled).
+    side of 0, doubled), ``n_resamples`` how many resamples it came from.
     """
 
     n: int
@@ -44,6 +44,14 @@ class PairedDiff:
     high: float
     confidence: float
     p_value: float
+    n_resamples: int = 10_000
+
+    def p_text(self) -> str:
+        """"p = 0.007", or "p < 0.0001" when no resample crossed 0: with n resamples the
+        bootstrap cannot resolve a p-value below 1/n, so 0.000 would overstate it."""
+        if self.p_value == 0.0:
+            return f"p < {1 / self.n_resamples:g}"
+        return f"p = {self.p_value:.3f}"
 
 
 def paired_bootstrap(
@@ -86,6 +94,7 @@ def paired_bootstrap(
         high=float(high),
         confidence=confidence,
         p_value=p_value,
+        n_resamples=n_resamples,
     )
 
 

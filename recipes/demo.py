@@ -288,14 +288,14 @@ def compare(out: Path) -> list[dict[str, Any]]:
     for field, name in (("correct", "accuracy"), ("correct_strict", "accuracy (strict)")):
         d = compare_runs(out / "eval" / "sft", out / "eval" / "grpo", field=field, n_resamples=10_000, seed=0)
         rows.append({"metric": name, "n": d.n, "sft": d.mean_a, "grpo": d.mean_b, "diff": d.diff,
-                     "low": d.low, "high": d.high, "p_value": d.p_value, "verdict": verdict(d.low, d.high)})
+                     "low": d.low, "high": d.high, "p_value": d.p_value, "p_text": d.p_text(), "verdict": verdict(d.low, d.high)})
     return rows
 
 
 def diff_line(row: dict[str, Any]) -> str:
     return (f"GRPO - SFT, {row['metric']}: {100 * row['diff']:+.1f} points on {row['n']} held-out problems "
             f"(paired bootstrap 95% CI {100 * row['low']:+.1f} to {100 * row['high']:+.1f}, "
-            f"p = {row['p_value']:.3f}): {row['verdict']}")
+            f"{row['p_text']}): {row['verdict']}")
 
 
 def last_per_step(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:

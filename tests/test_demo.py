@@ -16,7 +16,7 @@ TABLE_ROW = re.compile(
 )
 DIFF_LINE = re.compile(
     r"GRPO - SFT, (accuracy|accuracy \(strict\)): ([-+]\d+\.\d) points on (\d+) held-out problems "
-    r"\(paired bootstrap 95% CI ([-+]\d+\.\d) to ([-+]\d+\.\d), p = ([\d.]+)\): (.+)$"
+    r"\(paired bootstrap 95% CI ([-+]\d+\.\d) to ([-+]\d+\.\d), p [=<] ([\d.]+)\): (.+)$"
 )
 STAGES = ["data", "eval_base", "sft", "eval_sft", "grpo", "eval_grpo"]
 

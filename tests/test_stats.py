@@ -23,6 +23,7 @@ def test_clearly_better_run_has_interval_above_zero():
     assert d.diff == pytest.approx(0.3)
     assert 0.15 < d.low < 0.3 < d.high < 0.45
     assert d.p_value < 0.001
+    assert d.p_text() == "p < 0.0001"  # no resample crossed 0: bounded by 1/10000, not "0.000"
     worse = paired_bootstrap(b, a, seed=1)
     assert worse.high < 0 and worse.low == pytest.approx(-d.high)
 
@@ -34,6 +35,7 @@ def test_noisy_small_difference_interval_contains_zero():
     d = paired_bootstrap(a, b)
     assert d.diff == 0.0
     assert d.low < -0.15 and d.high > 0.15
+    assert d.p_text() == f"p = {d.p_value:.3f}" and d.p_value > 0.5
 
 
 def test_bootstrap_is_deterministic_and_checks_inputs():

@@ -11,10 +11,10 @@ inside the vocabulary, and ids it does not know decode to nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from data.files import staged_directory
 
 # From the Qwen2.5 model cards' config.json. All three tie the input and output embeddings.
 QWEN25_SHAPES = {
@@ -44,9 +44,7 @@ def build_model(shape: str, out: str | Path, seed: int = 0) -> Path:
         return out
     if shape not in QWEN25_SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose from {sorted(QWEN25_SHAPES)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_directory(out) as tmp:
         tokenizer = build_tokenizer(tmp / "tokenizer")
         config = Qwen2Config(**QWEN25_SHAPES[shape], **COMMON, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id)
@@ -62,12 +60,6 @@ def build_model(shape: str, out: str | Path, seed: int = 0) -> Path:
         shutil.rmtree(tmp / "tokenizer")
         (tmp / ".complete").write_text(f"{shape} {sum(p.numel() for p in model.parameters())}\n")
         del model
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

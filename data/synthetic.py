@@ -27,8 +27,6 @@ Command line (refuses to overwrite existing files without ``--overwrite``)::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import re
 import sys
@@ -37,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.common import DataError
+from data.files import write_jsonl_atomic
 
 OPS = ("+", "-", "*", "/")
 SYMBOLS = {"+": "+", "-": "-", "*": "x", "/": ":"}
@@ -512,15 +511,6 @@ def make_splits(n_train: int, n_test: int, seed: int = 0, **kwargs) -> tuple[lis
     return train, test
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write JSON Lines atomically (temp file, then rename) so a crash leaves no half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _summary(rows: list[dict]) -> str:
     counts = [sum(row["steps"] == s for row in rows) for s in range(1, MAX_STEPS + 1)]
     money = sum("đồng" in row["question"] for row in rows)
@@ -563,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out.mkdir(parents=True, exist_ok=True)
     for split, rows in (("train", train), ("test", test)):
-        _write_jsonl(paths[split], rows)
+        write_jsonl_atomic(paths[split], rows)
         print(f"{paths[split]}: {_summary(rows)}")
     return 0
 

@@ -26,8 +26,6 @@ so it is itself a valid source::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import re
 import sys
@@ -37,6 +35,7 @@ from typing import Any
 import datasets
 
 from data.common import DataError, is_local, load_source, read_jsonl, validate_rows
+from data.files import write_jsonl_atomic
 from rewards.math import ANSWER_FORMAT_HINT, ANSWER_PREFIX, normalize_answer
 
 DEFAULT_SOURCE = "hllj/vi_gsm8k"
@@ -166,16 +165,12 @@ def load_vi_gsm8k(
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write rows as JSON Lines atomically (temp file + rename); refuses to overwrite."""
+    """Write rows as JSON Lines atomically; refuses to overwrite."""
     path = Path(path)
     if path.exists():
         raise DataError(f"{path} already exists; not overwriting it (delete it or choose another --out)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_jsonl_atomic(path, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

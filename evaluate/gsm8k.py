@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.files import write_jsonl_atomic
 from evaluate.stats import majority_vote
 from rewards.math import (
     ANSWER_PREFIX,
@@ -306,22 +307,12 @@ def score_only(path: str, out: Path | None = None) -> int:
         print(f"error: no line of {path} could be scored (each needs 'completion' and 'answer')", file=sys.stderr)
         return 2
     out = out or scored_path(path)
-    write_jsonl(out, rows)
+    write_jsonl_atomic(out, rows)
     metrics = aggregate(rows)
     metrics["malformed_lines"] = len(bad)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
     print(f"[eval] scored {len(rows)} lines ({len(bad)} malformed) -> {out}", file=sys.stderr)
     return 0
-
-
-def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
-    """JSON Lines, atomically (temp file + rename), Vietnamese kept readable."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------- model run
@@ -434,7 +425,7 @@ def evaluate_model(argv: list[str] | None = None) -> None:
     }
 
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "predictions.jsonl", rows)
+    write_jsonl_atomic(out / "predictions.jsonl", rows)
     write_json(out / "metrics.json", {"run_name": run_name, **metrics, **throughput, "settings": settings_record})
     write_run_info(str(out), margs, eargs)
     row = {**metrics, "problems_per_s": throughput["problems_per_s"], "decoding": settings.describe(),

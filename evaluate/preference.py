@@ -32,13 +32,13 @@ import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
 import contextlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from data.files import write_text_atomic
 from data.preference import DEFAULT_SOURCE, load_preference, resolve_system_prompt
 from evaluate.report import record_result
 from recipes.common import (
@@ -250,13 +250,6 @@ def side_by_side(model, tokenizer, states: dict[str, str], instructions: list[st
     return "\n".join(lines)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomic text write (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def report(model, tokenizer, pairs, states: dict[str, str], out_dir: str | Path, results_dir: str | Path,
            beta: float = 0.1, reference_state: str | None = None, batch_size: int = 4,
            max_length: int | None = 1024, generations: int = 4, system_prompt: str | None = None,
@@ -273,7 +266,7 @@ def report(model, tokenizer, pairs, states: dict[str, str], out_dir: str | Path,
     write_json(out_dir / "preference_eval.json", {"beta": beta, "states": states, "metrics": metrics})
     if generations > 0:
         md = side_by_side(model, tokenizer, states, VI_INSTRUCTIONS[:generations], system_prompt, max_new_tokens)
-        write_text(out_dir / "preference_generations.md", md)
+        write_text_atomic(out_dir / "preference_generations.md", md)
         print(f"[eval] generations: {out_dir / 'preference_generations.md'}")
     print(f"[eval] comparison: {Path(results_dir) / 'comparison.md'}")
     return metrics

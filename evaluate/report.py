@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from data.files import write_json_atomic, write_text_atomic
+
 RESULTS = "results.json"
 # Per task, the metrics worth a bar in the chart (all numeric metrics go in the table).
 HEADLINE = {
@@ -41,12 +43,6 @@ TEXT_COLUMNS = {"decoding"}
 CHART_SCALE = {"sacrebleu": 100.0}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def load_results(results_dir: str | Path) -> dict[str, dict[str, dict[str, Any]]]:
     """`{task: {run: metrics}}` from `results_dir/results.json` (empty when absent)."""
     path = Path(results_dir) / RESULTS
@@ -61,7 +57,7 @@ def record_result(results_dir: str | Path, task: str, run: str, metrics: dict[st
     results_dir.mkdir(parents=True, exist_ok=True)
     results = load_results(results_dir)
     results.setdefault(task, {})[run] = metrics
-    _write_atomic(results_dir / RESULTS, json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+    write_json_atomic(results_dir / RESULTS, results)
     return write_comparison(results_dir)[0]
 
 
@@ -139,7 +135,7 @@ def write_comparison(results_dir: str | Path, baseline: str | None = None) -> tu
         if paired:
             parts += [paired, ""]
     md_path = results_dir / "comparison.md"
-    _write_atomic(md_path, "\n".join(parts))
+    write_text_atomic(md_path, "\n".join(parts))
     png_path = plot_comparison(results, results_dir / "comparison.png")
     return md_path, png_path
 

@@ -27,13 +27,14 @@ Generation is plain-text continuation, so the chat-template requirement of the l
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from data.files import write_jsonl_atomic
 
 
 @dataclass
@@ -166,14 +167,6 @@ def final_policy(output_dir: str) -> str | None:
     return None
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def sample_and_score(model_path: str, margs, sargs, pargs, eargs, prompts: list[str], scorer) -> list[dict[str, Any]]:
     """Sample `samples_per_prompt` responses per prompt from one policy and score them as PPO did."""
     import dataclasses
@@ -263,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                        reference_model=reference or None, n_prompts=len(prompts))
         out = Path(eargs.eval_output_dir) / run_name
         out.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(out / "predictions.jsonl", rows)
+        write_jsonl_atomic(out / "predictions.jsonl", rows)
         write_json(out / "metrics.json", metrics)
         table = record_result(eargs.results_dir, "sentiment", run_name, metrics)
         ppl = "n/a" if metrics["perplexity"] is None else f"{metrics['perplexity']:.1f}"

@@ -23,6 +23,8 @@ from transformers import TrainerCallback
 from trl import ModelConfig, TrlParser
 
 from data.common import DataError
+from data.files import write_json_atomic as write_json
+from data.files import write_text_atomic
 
 
 class UserError(Exception):
@@ -497,14 +499,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename), UTF-8, Vietnamese kept readable."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_run_info(output_dir: str, *configs: Any, extra: dict[str, Any] | None = None) -> None:
     """Record the resolved config, library versions and git revision in the run directory."""
     if not is_main_process():
@@ -513,9 +507,7 @@ def write_run_info(output_dir: str, *configs: Any, extra: dict[str, Any] | None 
     out.mkdir(parents=True, exist_ok=True)
     resolved = config_to_dict(*configs)
     name = "config.yaml" if not (out / "config.yaml").exists() else f"config.resume-{int(time.time())}.yaml"
-    tmp = out / f".{name}.tmp"
-    tmp.write_text(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, out / name)
+    write_text_atomic(out / name, yaml.safe_dump(resolved, allow_unicode=True, sort_keys=True))
     info = {"git_revision": git_revision(), "versions": library_versions(), "command": sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "launch": dataclasses.asdict(current_launch())}
     if extra:

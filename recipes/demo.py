@@ -46,6 +46,8 @@ from typing import Any
 
 import yaml
 
+from data.files import write_json_atomic, write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
     "sft": "configs/sft/demo.yaml",
@@ -80,13 +82,6 @@ class DemoError(Exception):
 
 
 # ------------------------------------------------------------------------------------ helpers
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file via a temp name + rename, so a crash never leaves half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSON Lines file (blank lines skipped); [] when the file is absent."""
     if not path.is_file():
@@ -101,7 +96,7 @@ def load_state(out: Path) -> dict[str, Any]:
 
 
 def save_state(out: Path, state: dict[str, Any]) -> None:
-    write_text_atomic(out / STATE, json.dumps(state, ensure_ascii=False, indent=2) + "\n")
+    write_json_atomic(out / STATE, state)
 
 
 def fmt_duration(seconds: float) -> str:
@@ -439,9 +434,9 @@ def write_report(out: Path, state: dict[str, Any]) -> tuple[str, list[str], Path
                       row["completion"].strip() or "(empty)", "```", ""]
     report = out / REPORT
     write_text_atomic(report, "\n".join(parts))
-    write_text_atomic(out / "comparison.json", json.dumps(
-        {"metrics": {r: {k: v for k, v in metrics[r].items() if not isinstance(v, dict)} for r in RUNS},
-         "grpo_minus_sft": diffs, "fixed": fixed, "broke": broke}, ensure_ascii=False, indent=2) + "\n")
+    write_json_atomic(out / "comparison.json", {
+        "metrics": {r: {k: v for k, v in metrics[r].items() if not isinstance(v, dict)} for r in RUNS},
+        "grpo_minus_sft": diffs, "fixed": fixed, "broke": broke})
     return table, diff_lines, report
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from data.files import staged_directory
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 
@@ -154,21 +153,13 @@ def build_all(out: str | Path, force: bool = False) -> Path:
     marker = out / ".complete"
     if marker.exists() and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so concurrent test workers never see half a model.
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
-    try:
+    # Built beside the target and renamed, so concurrent test workers never see half a model.
+    with staged_directory(out) as tmp:
         tokenizer = build_tokenizer(tmp / "tokenizer")
         build_qwen2(tmp / "qwen2", tokenizer)
         build_gpt2(tmp / "gpt2", tokenizer)
         build_classifier(tmp / "classifier", tokenizer)
         (tmp / ".complete").write_text("ok\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

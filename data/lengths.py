@@ -1,0 +1,138 @@
+"""Token lengths of a dataset in a model's tokens, and the length budget every recipe checks.
+
+A sequence that is longer than the model's window is not an error anywhere downstream: TRL cuts
+SFT/DPO rows at `max_length` (the answer's final "#### n" line is the part that goes), and on a GPU
+Unsloth's forward truncates prompt + completion at `max_seq_length` with only a warning, which
+misaligns GRPO's log-probabilities. So before training each recipe measures its rows here and
+stops with the numbers and the fix, or drops the rows that do not fit when the user asks for it.
+
+    lengths = sequence_lengths(dataset, tokenizer, ["prompt"])      # chat template applied
+    dataset = enforce_budget(dataset, lengths, limit=1024, reserve=768, what="GRPO prompts",
+                             on_overflow="fail", fix="...")
+
+Pure Python plus the tokenizer passed in: no torch, usable by `make data` as well as the recipes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from data.common import DataError
+
+ON_OVERFLOW = ("fail", "drop")
+
+
+class LengthBudgetError(DataError):
+    """Rows longer than the model's window; the message gives the numbers and the fix."""
+
+
+def _as_text(value: Any, tokenizer, add_generation_prompt: bool) -> str:
+    """A prompt/completion cell as the text the model sees: chat messages through the template."""
+    if isinstance(value, list):
+        if value and isinstance(value[0], dict):
+            return tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return "".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def sequence_lengths(dataset, tokenizer, columns: Sequence[str], batch_size: int = 512) -> list[int]:
+    """Tokens per row of the named columns joined as the trainer joins them.
+
+    A conversational `prompt` is rendered with the chat template and the generation prompt (what
+    GRPO and evaluation feed the model); a conversational completion is the assistant turn the
+    template renders after it. Counting the rendered text with `add_special_tokens=False` matches
+    TRL, which tokenizes the templated text as is.
+    """
+    lengths: list[int] = []
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start:start + batch_size]
+        texts = []
+        for i in range(len(batch[columns[0]])):
+            prompt = batch[columns[0]][i]
+            text = _as_text(prompt, tokenizer, add_generation_prompt=len(columns) == 1)
+            for column in columns[1:]:
+                cell = batch[column][i]
+                if isinstance(cell, list) and cell and isinstance(cell[0], dict) and isinstance(prompt, list):
+                    # The completion as the template renders it after the prompt: full - prompt.
+                    full = tokenizer.apply_chat_template(prompt + cell, tokenize=False)
+                    text = full if full.startswith(text) else text + full
+                else:
+                    text += _as_text(cell, tokenizer, add_generation_prompt=False)
+            texts.append(text)
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        lengths.extend(len(ids) for ids in encoded)
+    return lengths
+
+
+@dataclass(frozen=True)
+class LengthStats:
+    """Percentiles of a list of token lengths (nearest-rank), the longest and where it is."""
+
+    n: int
+    p50: int
+    p90: int
+    p99: int
+    longest: int
+    longest_row: int
+
+    def describe(self) -> str:
+        return f"median {self.p50}, p90 {self.p90}, p99 {self.p99}, longest {self.longest} (row {self.longest_row})"
+
+
+def summarize(lengths: Sequence[int]) -> LengthStats:
+    """Median, 90th and 99th percentile and the longest of `lengths` (non-empty)."""
+    if not lengths:
+        raise ValueError("no lengths to summarize")
+    ordered = sorted(lengths)
+
+    def rank(q: float) -> int:
+        return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
+
+    longest = max(lengths)
+    return LengthStats(len(lengths), rank(0.5), rank(0.9), rank(0.99), longest, list(lengths).index(longest))
+
+
+def enforce_budget(
+    dataset,
+    lengths: Sequence[int],
+    limit: int,
+    reserve: int = 0,
+    what: str = "rows",
+    on_overflow: str = "fail",
+    fix: str = "",
+):
+    """Keep `dataset` only if every row's length + `reserve` fits in `limit` tokens.
+
+    Args:
+        lengths: tokens per row (`sequence_lengths`), in dataset order.
+        limit: the window: `max_seq_length` (GRPO) or the effective `max_length` (SFT, DPO).
+        reserve: tokens each row needs on top of its own (GRPO: `max_completion_length`).
+        what: the rows' name in messages.
+        on_overflow: "fail" raises LengthBudgetError with the numbers and `fix`; "drop" removes
+            the rows that do not fit and prints how many.
+    Returns the dataset, minus the dropped rows.
+    """
+    if on_overflow not in ON_OVERFLOW:
+        raise DataError(f"on_long_rows must be one of {ON_OVERFLOW}, got {on_overflow!r}")
+    if len(lengths) != len(dataset):
+        raise ValueError(f"{len(lengths)} lengths for {len(dataset)} rows")
+    stats = summarize(lengths)
+    room = limit - reserve
+    over = [i for i, n in enumerate(lengths) if n > room]
+    reserved = f" + {reserve} reserved" if reserve else ""
+    print(f"[length] {what}: {stats.describe()} tokens; budget {limit} = up to {room}{reserved}")
+    if not over:
+        return dataset
+    if on_overflow == "fail":
+        raise LengthBudgetError(
+            f"{len(over)} of {len(lengths)} {what} need more than {limit} tokens (longest: {stats.longest}"
+            f"{reserved} = {stats.longest + reserve}, row {stats.longest_row}). {fix}"
+            " Or pass --on_long_rows drop to train without them."
+        )
+    keep = [i for i in range(len(lengths)) if lengths[i] <= room]
+    if not keep:
+        raise LengthBudgetError(f"every one of the {len(lengths)} {what} is longer than {room} tokens. {fix}")
+    print(f"[length] dropped {len(over)} of {len(lengths)} {what} longer than {room} tokens (--on_long_rows drop)")
+    return dataset.select(keep)

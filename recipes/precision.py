@@ -1,0 +1,134 @@
+"""One decision of precision per device, made before any `TrainingArguments` exists.
+
+Where bfloat16 is native it is the fastest safe choice; where it is not, it is either refused or
+emulated, and both hurt:
+- a GPU without native bf16 (T4, the free Colab GPU; V100): Unsloth replaces
+  `torch.cuda.is_bf16_supported` so that emulation does not count, and `TrainingArguments` then
+  rejects `bf16: true` while the config is parsed - the run cannot start; under `backend: hf`
+  torch counts emulated bf16 as supported and the run is silently slow. float16 is native there.
+- a CPU without AVX512-BF16 or AMX (most laptops, many cloud VMs): torch emulates bf16 matmuls,
+  measured at 0.9 GFLOP/s against 53 GFLOP/s in float32 on a 2-core AVX2 EPYC (1024x1024).
+
+So the config's `dtype` is a preference that this decision may overrule, and the trainer's
+`bf16`/`fp16` flags follow the decision: on a GPU native bf16, else fp16; on a CPU bf16 only where
+it is native, else float32. `VIRL_BF16=0` (or `1`) overrides the hardware answer "is bf16 native
+here?" - to rehearse a T4 on a bigger GPU, or an AVX2 laptop on a server CPU.
+
+No torch import at module level: the demo orchestrator asks this module too, without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+OVERRIDE = "VIRL_BF16"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a run computes in: `dtype` (16-bit weights, or the compute dtype of 4-bit ones) and the
+    trainer's autocast flags, with the reason in words."""
+
+    device: str
+    dtype: str
+    reason: str
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype == "bfloat16"
+
+    @property
+    def fp16(self) -> bool:
+        return self.dtype == "float16"
+
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+    def line(self) -> str:
+        return f"[precision] {self.dtype} on {self.device.upper() if self.device == 'cuda' else 'the CPU'}: {self.reason}"
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (x86 `flags`, Arm `Features`); empty where /proc/cpuinfo is absent."""
+    try:
+        with open(path, encoding="utf-8", errors="ignore") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return frozenset(value.lower().split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_native_bf16(flags: frozenset[str], machine: str | None = None) -> tuple[bool, str]:
+    """Whether this CPU computes bf16 in hardware, and the evidence (the flag, or its absence)."""
+    machine = (machine or platform.machine()).lower()
+    if machine in ("aarch64", "arm64"):
+        return ("bf16" in flags, "Arm BF16 extension" if "bf16" in flags else "no Arm BF16 extension")
+    found = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    if found:
+        return True, f"the CPU has native bf16 ({', '.join(found)})"
+    if not flags:
+        return False, "the CPU flags are unreadable (no /proc/cpuinfo), so bf16 is assumed emulated"
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return False, f"the CPU has no native bf16 ({isa}, no avx512_bf16/amx_bf16): bf16 would be emulated, ~50x slower"
+
+
+def cuda_native_bf16() -> tuple[bool, str]:
+    """Whether the current CUDA GPU has native bf16 (compute capability 8.0+), with its name."""
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    major, minor = torch.cuda.get_device_capability(0)
+    # including_emulation=False: a T4 "supports" bf16 through emulation, which is what hurts.
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return native, f"{name} (compute capability {major}.{minor}) {'has' if native else 'has no'} native bf16"
+
+
+def native_bf16(device: str) -> tuple[bool, str]:
+    """The hardware answer for `device` ("cuda" or "cpu"), unless VIRL_BF16 overrides it."""
+    forced = os.environ.get(OVERRIDE, "").strip().lower()
+    if forced in ("0", "false", "no", "off"):
+        return False, f"{OVERRIDE}={forced} treats this {device.upper()} as having no native bf16"
+    if forced in ("1", "true", "yes", "on"):
+        return True, f"{OVERRIDE}={forced} treats this {device.upper()} as having native bf16"
+    if device == "cuda":
+        return cuda_native_bf16()
+    return cpu_native_bf16(cpu_flags())
+
+
+def decide(requested: str | None, device: str, native: bool, evidence: str) -> Precision:
+    """The dtype for `device` given the config's preference and whether bf16 is native.
+
+    auto: bf16 where native, else fp16 on a GPU and float32 on a CPU. bfloat16 where it is not
+    native: the same fallback, said out loud. float16 on a CPU: float32 (no CPU the toolkit targets
+    has fast fp16). float32 is always kept: the user asked for the slow, exact choice.
+    """
+    requested = requested or "auto"
+    if requested not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {requested!r}")
+    fallback = "float16" if device == "cuda" else "float32"
+    if requested == "float32":
+        return Precision(device, "float32", "the config asks for float32")
+    if requested == "float16":
+        if device == "cuda":
+            return Precision(device, "float16", "the config asks for float16")
+        return Precision(device, "float32", "the config asks for float16, which a CPU emulates: float32 instead")
+    if native:
+        asked = "the config asks for bfloat16" if requested == "bfloat16" else "dtype auto"
+        return Precision(device, "bfloat16", f"{asked}; {evidence}")
+    if requested == "bfloat16":
+        return Precision(device, fallback, f"the config asks for bfloat16, but {evidence}: {fallback} instead")
+    return Precision(device, fallback, f"dtype auto; {evidence}")
+
+
+def decide_for(requested: str | None, device: str) -> Precision:
+    """`decide` with this machine's answer (or the VIRL_BF16 override)."""
+    native, evidence = native_bf16(device)
+    return decide(requested, device, native, evidence)

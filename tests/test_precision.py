@@ -1,0 +1,126 @@
+"""One precision decision per device (recipes/precision.py), applied before TrainingArguments exist."""
+
+import pytest
+
+import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
+from recipes import precision as P
+from recipes.common import UserError, apply_precision, parse_args
+
+# (requested dtype, device, bf16 native?) -> chosen dtype
+DECISIONS = [
+    ("auto", "cuda", True, "bfloat16"),
+    ("auto", "cuda", False, "float16"),        # T4 / V100
+    ("bfloat16", "cuda", False, "float16"),    # the config's bf16 overruled where it is emulated
+    ("bfloat16", "cuda", True, "bfloat16"),
+    ("float16", "cuda", True, "float16"),      # the user's fp16 kept: it is native everywhere
+    ("float32", "cuda", True, "float32"),
+    ("auto", "cpu", True, "bfloat16"),         # avx512_bf16 / AMX
+    ("auto", "cpu", False, "float32"),         # AVX2: bf16 would be emulated
+    ("bfloat16", "cpu", False, "float32"),
+    ("float16", "cpu", True, "float32"),       # no CPU the toolkit targets has fast fp16
+    ("float32", "cpu", True, "float32"),
+    (None, "cpu", True, "bfloat16"),
+]
+
+
+@pytest.mark.parametrize("requested,device,native,expected", DECISIONS)
+def test_decision_table(requested, device, native, expected):
+    choice = P.decide(requested, device, native, "evidence")
+    assert choice.dtype == expected
+    assert (choice.bf16, choice.fp16) == (expected == "bfloat16", expected == "float16")
+    assert choice.reason  # every decision says why
+
+
+def test_an_unknown_dtype_is_refused():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        P.decide("bf16", "cpu", True, "")
+
+
+# CPU flag sets as /proc/cpuinfo lists them -> native bf16?
+CPUS = [
+    ({"sse4_2", "avx", "avx2", "fma"}, "x86_64", False),                      # most laptops, many cloud VMs
+    ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "x86_64", False),        # AVX-512 without BF16 (Skylake-SP)
+    ({"avx2", "avx512f", "avx512_bf16"}, "x86_64", True),                     # Zen 4, Cooper Lake
+    ({"avx2", "avx512f", "amx_bf16", "amx_tile", "amx_int8"}, "x86_64", True),  # Sapphire Rapids
+    ({"fp", "asimd", "bf16"}, "aarch64", True),                               # Graviton 3, Neoverse V1
+    ({"fp", "asimd"}, "aarch64", False),
+    (set(), "x86_64", False),                                                # unreadable: assume emulated
+]
+
+
+@pytest.mark.parametrize("flags,machine,native", CPUS)
+def test_cpu_flags_decide_native_bf16(flags, machine, native):
+    found, evidence = P.cpu_native_bf16(frozenset(flags), machine)
+    assert found is native
+    assert evidence
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2 avx512_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu sse avx2 avx512_bf16\n")
+    assert P.cpu_flags(str(cpuinfo)) == frozenset({"fpu", "sse", "avx2", "avx512_bf16"})
+    assert P.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+@pytest.mark.parametrize("value,native", [("0", False), ("off", False), ("1", True), ("true", True)])
+def test_override_answers_for_the_hardware(monkeypatch, value, native):
+    monkeypatch.setenv(P.OVERRIDE, value)
+    assert P.native_bf16("cpu")[0] is native
+    assert P.decide_for("auto", "cpu").dtype == ("bfloat16" if native else "float32")
+
+
+def _fake_gpu(monkeypatch, name: str, capability: tuple[int, int], bf16: bool):
+    """CUDA's answers as a machine with that GPU gives them (under Unsloth, emulation not counted)."""
+    import torch
+
+    monkeypatch.delenv(P.OVERRIDE, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 or including_emulation)
+
+
+def test_a_t4_trains_in_fp16_instead_of_failing_at_parse(monkeypatch, capsys):
+    # Unsloth's is_bf16_supported does not count emulation, so a bf16 config reaching
+    # TrainingArguments on a T4 is refused while it is parsed; the decision hands it fp16 instead.
+    _fake_gpu(monkeypatch, "Tesla T4", (7, 5), bf16=False)
+    values = {"dtype": "auto", "device": "auto", "bf16": True, "fp16": False, "use_cpu": False}
+    apply_precision(values)
+    assert (values["fp16"], values["bf16"], values["use_cpu"]) == (True, False, False)
+    out = capsys.readouterr().out
+    assert "[precision] float16 on CUDA: dtype auto; Tesla T4 (compute capability 7.5) has no native bf16" in out
+    assert "the config's bf16: true, fp16: false follows the decision" in out
+
+
+def test_an_ampere_gpu_trains_in_bf16(monkeypatch):
+    _fake_gpu(monkeypatch, "NVIDIA A10G", (8, 6), bf16=True)
+    values = {"dtype": "bfloat16", "device": "cuda", "bf16": None, "fp16": False, "use_cpu": False}
+    assert apply_precision(values).dtype == "bfloat16"
+    assert (values["fp16"], values["bf16"]) == (False, True)
+
+
+def test_a_cpu_without_native_bf16_trains_in_float32(monkeypatch, capsys):
+    from recipes.sft import ARGUMENT_TYPES
+
+    monkeypatch.setattr(P, "cpu_flags", lambda path="/proc/cpuinfo": frozenset({"avx", "avx2", "fma"}))
+    monkeypatch.setattr(P.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv(P.OVERRIDE, raising=False)
+    _, targs, margs, _ = parse_args(ARGUMENT_TYPES, ["--config", "configs/sft/demo.yaml", "--output_dir", "unused"])
+    assert (targs.bf16, targs.fp16, targs.use_cpu) == (False, False, True)
+    out = capsys.readouterr().out
+    assert "[precision] float32 on the CPU: dtype auto; the CPU has no native bf16 (AVX2" in out
+
+
+def test_the_configs_own_flags_are_overruled_out_loud(monkeypatch, capsys):
+    monkeypatch.setenv(P.OVERRIDE, "0")
+    values = {"dtype": "auto", "device": "cpu", "bf16": True, "fp16": False, "use_cpu": False}
+    choice = apply_precision(values)
+    assert choice.dtype == "float32" and values == {"dtype": "auto", "device": "cpu", "bf16": False, "fp16": False,
+                                                    "use_cpu": True}
+    assert "the config's bf16: true follows the decision" in capsys.readouterr().out
+
+
+def test_cuda_asked_of_a_cpu_machine_fails_before_parsing_finishes():
+    with pytest.raises(UserError, match="no CUDA GPU is visible"):
+        apply_precision({"device": "cuda", "dtype": "auto", "bf16": None, "fp16": False})

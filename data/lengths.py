@@ -15,6 +15,7 @@ Pure Python plus the tokenizer passed in: no torch, usable by `make data` as wel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,8 +88,8 @@ def summarize(lengths: Sequence[int]) -> LengthStats:
         raise ValueError("no lengths to summarize")
     ordered = sorted(lengths)
 
-    def rank(q: float) -> int:
-        return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
+    def rank(q: float) -> int:  # nearest rank: the smallest value with at least q of the values at or below it
+        return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
     longest = max(lengths)
     return LengthStats(len(lengths), rank(0.5), rank(0.9), rank(0.99), longest, list(lengths).index(longest))
@@ -122,7 +123,8 @@ def enforce_budget(
     room = limit - reserve
     over = [i for i, n in enumerate(lengths) if n > room]
     reserved = f" + {reserve} reserved" if reserve else ""
-    print(f"[length] {what}: {stats.describe()} tokens; budget {limit} = up to {room}{reserved}")
+    budget = f"budget {limit} = up to {room}{reserved}" if reserve else f"budget {limit}"
+    print(f"[length] {what}: {stats.describe()} tokens; {budget}")
     if not over:
         return dataset
     if on_overflow == "fail":

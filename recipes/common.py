@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from trl import ModelConfig, TrlParser
 
 from data.common import DataError
 from data.files import write_json_atomic as write_json
 from data.files import write_text_atomic
+from recipes.precision import Precision, decide_for
 
 
 class UserError(Exception):
@@ -99,11 +100,15 @@ class RunArguments:
         save_merged (`bool`, defaults to `False`): also save the model with the adapter merged, in
             16-bit, under `output_dir/merged` (for vLLM serving or as the next stage's base).
         on_bad_rows (`str`, defaults to `"skip"`): `skip` or `fail` on malformed data rows.
+        on_long_rows (`str`, defaults to `"fail"`): rows longer than the model's window (prompt +
+            completion budget): `fail` stops before training with the numbers and the fix, `drop`
+            trains without them.
     """
 
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
     save_merged: bool = field(default=False, metadata={"help": "Also save a merged 16-bit model."})
     on_bad_rows: str = field(default="skip", metadata={"help": "'skip' or 'fail' on malformed data rows."})
+    on_long_rows: str = field(default="fail", metadata={"help": "'fail' or 'drop' rows longer than the model's window."})
 
 
 class _SharedFieldParser(TrlParser):
@@ -117,6 +122,8 @@ class _SharedFieldParser(TrlParser):
     def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
         namespace, remaining = self.parse_known_args(args=args)
         values = vars(namespace)
+        if any(issubclass(t, TrainingArguments) for t in self.dataclass_types):
+            apply_precision(values)
         outputs = [
             dtype(**{f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values})
             for dtype in self.dataclass_types
@@ -156,6 +163,9 @@ def parse_args(dataclass_types: list[type], argv: list[str] | None = None) -> tu
                 close = difflib.get_close_matches(key, known, n=1)
                 hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
             raise UserError(f"unknown key(s) in {path}: {', '.join(hints)}. Remove them or fix the spelling.")
+    explicit = set(config) if "--config" in argv else set()
+    explicit |= {a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and a != "--config"}
+    LAST_PARSE["explicit"] = explicit
     parser = _SharedFieldParser(dataclass_types)
     try:
         return parser.parse_args_and_config(argv)
@@ -186,34 +196,59 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def check_device(margs: ModelArguments) -> str:
-    """Resolve `device`, failing clearly when the config needs a GPU this machine lacks."""
-    if margs.device == "cuda" and not has_cuda():
+def resolve_device(requested: str | None) -> str:
+    """`auto`/`cuda`/`cpu` -> the device a run uses, failing clearly when `cuda` is asked of a machine
+    without a GPU (instead of silently training on the CPU)."""
+    requested = requested or "auto"
+    if requested == "cuda" and not has_cuda():
         raise UserError("device: cuda was requested but no CUDA GPU is visible; use device: auto (or cpu)")
-    return "cuda" if (margs.device != "cpu" and has_cuda()) else "cpu"
+    return "cuda" if (requested != "cpu" and has_cuda()) else "cpu"
 
 
-def fit_precision(targs: Any) -> None:
-    """Pick bf16 where the hardware has it, fp16 on older GPUs; say so when the config is changed."""
-    import torch
-
-    if has_cuda() and getattr(targs, "bf16", False) and not torch.cuda.is_bf16_supported():
-        print("[precision] this GPU has no bfloat16: training in float16 instead")
-        targs.bf16, targs.fp16 = False, True
+def check_device(margs: ModelArguments) -> str:
+    """Resolve `margs.device` (see `resolve_device`)."""
+    return resolve_device(margs.device)
 
 
-def resolve_dtype(name: str | None, device: str):
-    """Model dtype: 'auto' means bf16 where supported (CPU included), else fp16 on old GPUs."""
-    import torch
+_ANNOUNCED: set[Precision] = set()
 
-    if name in (None, "auto"):
-        if device == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
+
+def precision_for(requested: str | None, device: str) -> Precision:
+    """The precision decision (recipes/precision.py) for this machine, printed once per process."""
     try:
-        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-    except KeyError:
-        raise UserError(f"dtype must be auto, bfloat16, float16 or float32, got {name!r}") from None
+        precision = decide_for(requested, device)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if precision not in _ANNOUNCED and is_main_process():
+        _ANNOUNCED.add(precision)
+        print(precision.line())
+    return precision
+
+
+def apply_precision(values: dict[str, Any]) -> Precision:
+    """Set the trainer's bf16/fp16 (and use_cpu on a CPU) from the precision decision, in the parsed
+    option values, before any `TrainingArguments` validates them.
+
+    The config's `dtype` (ModelArguments; `auto` for recipes without one) is the preference; the
+    config's own `bf16`/`fp16` are overruled by the decision, and the line printed says so.
+    """
+    device = resolve_device(values.get("device"))
+    precision = precision_for(values.get("dtype"), device)
+    stated = {k: values.get(k) for k in ("bf16", "fp16") if isinstance(values.get(k), bool)}
+    overruled = [f"{k}: {str(v).lower()}" for k, v in stated.items() if v != getattr(precision, k)]
+    if overruled and is_main_process():
+        print(f"[precision] the config's {', '.join(overruled)} follows the decision: "
+              f"bf16={str(precision.bf16).lower()}, fp16={str(precision.fp16).lower()}")
+    values["bf16"], values["fp16"] = precision.bf16, precision.fp16
+    if device == "cpu" and "use_cpu" in values:
+        values["use_cpu"] = True  # TrainingArguments accepts bf16 without a GPU only with use_cpu
+    LAST_PARSE["precision"] = precision
+    return precision
+
+
+# What the last `parse_args` decided and which keys the user stated (YAML or command line):
+# recipes record the first in run_info.json and check the second against what the trainer got.
+LAST_PARSE: dict[str, Any] = {"precision": None, "explicit": set()}
 
 
 # ------------------------------------------------------------------------------------ model load
@@ -282,8 +317,18 @@ def load_model_and_tokenizer(margs: ModelArguments, seed: int = 42, for_training
     check_launch(margs)
     base = adapter_base(name) if os.path.isdir(name) else None
     load_name = base or name
-    dtype = resolve_dtype(margs.dtype, device)
     want_4bit = bool(margs.load_in_4bit)
+    # Without LoRA every weight trains. Unsloth must be told: on a GPU an architecture without a
+    # fast path (GPT-2) goes through FastModel, which otherwise switches to "16-bit LoRA" mode and
+    # freezes every weight - the run would finish with 0 trainable parameters.
+    full_finetuning = for_training and not margs.use_peft and base is None
+    if full_finetuning and want_4bit:
+        raise UserError("use_peft: false trains every weight, which 4-bit weights cannot do; "
+                        "set load_in_4bit: false (or use_peft: true for QLoRA)")
+    # Frozen (LoRA base) weights in the decided dtype; weights that all train keep float32 masters
+    # and compute under the trainer's bf16/fp16 autocast (set from the same decision).
+    precision = precision_for(margs.dtype, device)
+    dtype = __import__("torch").float32 if full_finetuning else precision.torch_dtype()
 
     fast_inference = False
     if margs.fast_inference:
@@ -303,7 +348,10 @@ def load_model_and_tokenizer(margs: ModelArguments, seed: int = 42, for_training
     t0 = time.time()
     try:
         if margs.backend == "unsloth":
-            model, tokenizer = _load_unsloth(margs, load_name, dtype, want_4bit, fast_inference)
+            # An adapter directory goes to Unsloth as is: it loads the base, attaches the adapter
+            # trainable and patches it (fast LoRA kernels, offloaded checkpointing, and on a GPU
+            # with vLLM the LoRA request that makes generation sample from the adapter).
+            model, tokenizer = _load_unsloth(margs, name, dtype, want_4bit, fast_inference, full_finetuning)
         else:
             model, tokenizer = _load_hf(margs, load_name, dtype, want_4bit, device)
     except OSError as err:
@@ -327,16 +375,41 @@ def load_model_and_tokenizer(margs: ModelArguments, seed: int = 42, for_training
     tokenizer.padding_side = "left"  # generation appends to the right end of every row
 
     if base is not None:
-        from peft import PeftModel
+        if margs.backend != "unsloth":
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, name, is_trainable=for_training)
+            model = PeftModel.from_pretrained(model, name, is_trainable=for_training)
+        elif not for_training:
+            model.requires_grad_(False)
         print(f"[model] continuing the LoRA adapter from {name}")
     elif margs.use_peft and for_training:
         model = _attach_lora(margs, model, seed)
+    if for_training:
+        require_trainable(model, load_name)
     return model, tokenizer
 
 
-def _load_unsloth(margs, name, dtype, want_4bit, fast_inference):
+def load_tokenizer(margs: ModelArguments):
+    """The tokenizer a run will use, without loading the model: the adapter directory's own when it
+    has one, else the (base) model's. For checks that should fail before minutes of model loading."""
+    from transformers import AutoTokenizer
+
+    name = os.path.expanduser(margs.model_name_or_path or "")
+    if not name:
+        raise UserError("model_name_or_path is not set: give a hub id or a local model directory")
+    if is_local_path(name) and not os.path.exists(name):
+        raise UserError(f"model path not found: {name} (check the path, or run `make tiny-models` for the tiny configs)")
+    base = adapter_base(name) if os.path.isdir(name) else None
+    source = name if base is None or (Path(name) / "tokenizer_config.json").is_file() else base
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=margs.trust_remote_code)
+    except OSError as err:
+        raise UserError(f"could not load the tokenizer of {source!r}: {str(err).splitlines()[0]} "
+                        "(offline? use a local directory, e.g. the embedded model: make demo)") from None
+    return tokenizer
+
+
+def _load_unsloth(margs, name, dtype, want_4bit, fast_inference, full_finetuning):
     from unsloth import FastLanguageModel
 
     kwargs = dict(
@@ -344,12 +417,37 @@ def _load_unsloth(margs, name, dtype, want_4bit, fast_inference):
         max_seq_length=margs.max_seq_length,
         dtype=dtype,
         load_in_4bit=want_4bit,
+        full_finetuning=full_finetuning,
         trust_remote_code=margs.trust_remote_code,
     )
     if fast_inference:
+        # vLLM's LoRA slots must hold the adapter being continued, whatever lora_r says.
+        rank = max(margs.lora_r, adapter_rank(name) or 0)
         kwargs.update(fast_inference=True, gpu_memory_utilization=margs.gpu_memory_utilization,
-                      max_lora_rank=margs.lora_r)
+                      max_lora_rank=rank)
     return FastLanguageModel.from_pretrained(**kwargs)
+
+
+def adapter_rank(path: str) -> int | None:
+    """The LoRA rank `r` of an adapter directory (None when `path` is not one)."""
+    config = Path(path) / "adapter_config.json"
+    return json.loads(config.read_text()).get("r") if config.is_file() else None
+
+
+def trainable_parameters(model) -> int:
+    """Parameters that receive gradients (DeepSpeed ZeRO-3 keeps the real count in `ds_numel`)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+
+
+def require_trainable(model, name: str = "the model") -> int:
+    """Fail when nothing in `model` would train; returns the trainable parameter count."""
+    count = trainable_parameters(model)
+    if count == 0:
+        raise UserError(
+            f"{name} has 0 trainable parameters: the run would change nothing. Set use_peft: true (LoRA) "
+            "or check lora_target_modules; with use_peft: false every weight must be trainable"
+        )
+    return count
 
 
 def _load_hf(margs, name, dtype, want_4bit, device):
@@ -414,6 +512,15 @@ def _attach_lora(margs: ModelArguments, model, seed: int):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"[model] LoRA r={margs.lora_r} alpha={margs.lora_alpha} on {','.join(targets)}: {trainable:,} trainable")
     return model
+
+
+def check_lengths(dataset, tokenizer, columns: list[str], limit: int, reserve: int, what: str, on_long_rows: str,
+                  fix: str):
+    """The length budget (data/lengths.py) with the recipe's numbers; returns the dataset kept."""
+    from data.lengths import enforce_budget, sequence_lengths
+
+    lengths = sequence_lengths(dataset, tokenizer, columns)
+    return enforce_budget(dataset, lengths, limit=limit, reserve=reserve, what=what, on_overflow=on_long_rows, fix=fix)
 
 
 # --------------------------------------------------------------------------------- run directory
@@ -510,6 +617,8 @@ def write_run_info(output_dir: str, *configs: Any, extra: dict[str, Any] | None 
     write_text_atomic(out / name, yaml.safe_dump(resolved, allow_unicode=True, sort_keys=True))
     info = {"git_revision": git_revision(), "versions": library_versions(), "command": sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "launch": dataclasses.asdict(current_launch())}
+    if LAST_PARSE["precision"] is not None:
+        info["precision"] = dataclasses.asdict(LAST_PARSE["precision"])
     if extra:
         info.update(extra)
     write_json(out / ("run_info.json" if name == "config.yaml" else name.replace(".yaml", ".run_info.json")), info)
@@ -548,47 +657,222 @@ class JsonlMetricsCallback(TrainerCallback):
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+class TrainingGuard(TrainerCallback):
+    """Stop a run that cannot change its model, instead of letting it finish "successfully".
+
+    At the start: 0 trainable parameters is an error (both backends; on a GPU Unsloth's 16-bit LoRA
+    mode used to freeze a full finetune this way). Then the first optimizer step that has a learning
+    rate above 0 and a non-zero gradient must change the trainable weights (per-tensor checksums
+    before and after); steps with lr 0 (warmup) or all-zero gradients (GRPO groups that all agree)
+    prove nothing and are waited out. A step with no gradient at all on any trainable weight is an
+    error at once. `part` picks the trained module out of what the trainer holds (PPO's policy).
+    Trainers without the pre-optimizer event (TRL's PPO loop) are checked at their first update.
+    """
+
+    def __init__(self, part=None, what: str = "the model", patience: int = 20):
+        self.part, self.what, self.patience = part, what, patience
+        self.before: list[tuple[float, float]] | None = None
+        self.step_info: dict[str, Any] | None = None
+        self.waited = 0
+        self.done = False
+
+    def _params(self, model):
+        module = self.part(model) if self.part is not None else model
+        return [p for p in module.parameters() if p.requires_grad]
+
+    @staticmethod
+    def _checksums(params) -> list[tuple[float, float]]:
+        import torch
+
+        with torch.no_grad():
+            return [(p.detach().double().sum().item(), p.detach().double().abs().sum().item()) for p in params]
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        params = self._params(model)
+        if not params:
+            raise UserError(f"{self.what} has 0 trainable parameters: training would change nothing "
+                            "(use_peft: true for LoRA, or check which weights are frozen)")
+        if current_launch().shards_weights:
+            self.done = True  # sharded weights live on other ranks; their checksums mean nothing here
+            return
+        self.before = self._checksums(params)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if not self.done:
+            self.before = self._checksums(self._params(model))
+            self.step_info = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.done:
+            return
+        params = self._params(model)
+        grads = [p.grad for p in params if p.grad is not None]
+        self.step_info = {
+            "lr": max((g["lr"] for g in optimizer.param_groups), default=0.0) if optimizer is not None else None,
+            "any_grad": bool(grads),
+            "nonzero_grad": any(bool(g.detach().abs().sum() > 0) for g in grads),
+        }
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.done or self.before is None:
+            return
+        changed = self._checksums(self._params(model)) != self.before
+        info = self.step_info
+        if changed:
+            self.done = True
+            return
+        if info is not None and not info["any_grad"]:
+            raise UserError(f"no gradient reached any trainable weight of {self.what} at step {state.global_step}: "
+                            "the weights are cut off from the loss (frozen base, detached adapter?)")
+        if info is not None and (not info["lr"] or not info["nonzero_grad"]):
+            self.waited += 1  # warmup at lr 0, or a batch that teaches nothing: no evidence either way
+            if self.waited >= self.patience:
+                print(f"[guard] {self.waited} steps without a non-zero gradient at lr > 0: "
+                      "could not confirm that training changes the weights")
+                self.done = True
+            return
+        raise UserError(f"the optimizer step {state.global_step} changed none of {self.what}'s trainable weights "
+                        f"(lr {info['lr'] if info else '?'}): the optimizer does not hold them")
+
+
 # ----------------------------------------------------------------------------------------- save
 def save_final(trainer, tokenizer, output_dir: str, margs: ModelArguments, save_merged: bool) -> Path:
-    """Save the final adapter (or full model) to `output_dir/adapter` and optionally a merged copy."""
+    """Save the final adapter (or full model) to `output_dir/adapter` and optionally a merged copy.
+
+    The adapter's recorded base is the 16-bit model the run started from (see `record_adapter_base`);
+    the merged copy is in the run's precision (bf16 / fp16, float32 for a float32 run).
+    """
     out = Path(output_dir)
     final = out / ("adapter" if margs.use_peft else "model")
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(final))
         print(f"[run] saved {final}")
+        if margs.use_peft:
+            record_adapter_base(str(final), sixteen_bit_name(margs.model_name_or_path))
         if save_merged and margs.use_peft:
-            merge_adapter(str(final), str(out / "merged"), trust_remote_code=margs.trust_remote_code)
+            dtype = precision_for(margs.dtype, check_device(margs)).dtype
+            merge_adapter(str(final), str(out / "merged"), dtype=dtype, trust_remote_code=margs.trust_remote_code)
     return final
 
 
-def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "bfloat16", trust_remote_code: bool = False) -> None:
-    """Merge a LoRA adapter into its base model in 16-bit and save it.
+def is_prequantized(name: str) -> bool:
+    """A checkpoint stored quantized (Unsloth's `...-bnb-4bit` repos, or a local dir whose config
+    carries a `quantization_config`): merging into it keeps the quantization rounding."""
+    if "bnb-4bit" in name.lower() or "bnb-8bit" in name.lower():
+        return True
+    config = Path(name) / "config.json"
+    return config.is_file() and "quantization_config" in json.loads(config.read_text())
 
-    The base is reloaded unquantized rather than merged into 4-bit weights: merging into NF4
-    rounds the adapter away. Needs the base in CPU RAM (about 2 bytes per parameter).
+
+def sixteen_bit_name(model_name_or_path: str | None) -> str | None:
+    """The 16-bit model a run's adapter sits on: the base of an adapter being continued, else the model."""
+    name = model_name_or_path or ""
+    return (adapter_base(name) if os.path.isdir(name) else None) or name or None
+
+
+def record_adapter_base(adapter_dir: str, intended: str | None) -> None:
+    """Make the adapter name the 16-bit model it was trained on as its base.
+
+    Loading `unsloth/Qwen2.5-3B-Instruct` in 4-bit, Unsloth fetches its pre-quantized
+    `...-bnb-4bit` copy, and PEFT records that copy as the adapter's base: everything that later
+    loads the adapter (merging, vLLM, `make eval`) would start from NF4 weights. The 16-bit name the
+    user gave is the right base for all of them; a 4-bit training run re-quantizes it on load.
+    """
+    recorded = adapter_base(adapter_dir)
+    if not recorded or not intended or recorded == intended:
+        return
+    if is_prequantized(recorded) and not is_prequantized(intended):
+        path = Path(adapter_dir) / "adapter_config.json"
+        config = json.loads(path.read_text())
+        config["base_model_name_or_path"] = intended
+        write_json(path, config)
+        print(f"[run] {adapter_dir}: base recorded as the 16-bit {intended}, not the 4-bit copy {recorded}")
+
+
+# Fixed probes for the merge check: Vietnamese as the toolkit's users write it.
+MERGE_PROBES = (
+    "Lan có 25 quả táo. Lan cho em gái 8 quả. Hỏi Lan còn lại bao nhiêu quả táo?",
+    "Một cửa hàng bán 1.250.000 đồng tiền vải mỗi ngày. Sau 3 ngày cửa hàng thu được bao nhiêu tiền?",
+    "Giảng viên dạy rất nhiệt tình và dễ hiểu.",
+)
+
+
+def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "bfloat16", trust_remote_code: bool = False) -> dict:
+    """Merge a LoRA adapter into its 16-bit base model, check it, and save it in `dtype`.
+
+    The merge is done in float32 on the CPU, onto the unquantized base - never into 4-bit weights
+    (the NF4 rounding would stay in the "16-bit" model; Unsloth's own `merged_16bit` save of a
+    4-bit FastLanguageModel dequantizes the NF4 weights, so it carries that rounding too). Checks:
+    the merged model's logits on fixed Vietnamese probes match the base + adapter model's (float32),
+    and the saved tensors equal the merged ones cast to `dtype`. Writes `merge.json` with both
+    results. Needs the base in CPU RAM at 4 bytes per parameter. Returns the check's numbers.
     """
     import torch
     from peft import PeftModel
+    from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = adapter_base(adapter_dir)
     if base is None:
         raise UserError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
+    if is_prequantized(base):
+        raise UserError(
+            f"{adapter_dir} names the quantized checkpoint {base} as its base; merging into it keeps the "
+            "4-bit rounding. Set base_model_name_or_path in its adapter_config.json to the 16-bit model"
+        )
     if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
         raise UserError(f"{out_dir} already exists; not overwriting a merged model")
-    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    save_dtype = getattr(torch, dtype)
+    t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
-    model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    model.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(model, adapter_dir).eval()
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+             if tokenizer.chat_template else t for t in MERGE_PROBES]
+    probe = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=tokenizer.chat_template is None)
+    with torch.no_grad():
+        expected = model(**probe).logits.float()
+        merged = model.merge_and_unload()
+        got = merged(**probe).logits.float()
+    mask = probe["attention_mask"].bool()
+    diff = (got - expected).abs()[mask].max().item()
+    agreement = (got.argmax(-1) == expected.argmax(-1))[mask].float().mean().item()
+    scale = max(1.0, expected[mask].abs().max().item())
+    if diff > 1e-3 * scale or agreement < 1.0:
+        raise RuntimeError(f"merge check failed: merged logits differ from base + adapter by up to {diff:.3g} "
+                           f"(next-token agreement {agreement:.1%}); the merged model was not saved")
+
+    merged.to(save_dtype)
+    merged.config.pad_token_id = tokenizer.pad_token_id
     tmp = Path(out_dir).with_name(Path(out_dir).name + ".tmp")
-    model.save_pretrained(str(tmp))
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    merged.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    state = merged.state_dict()
+    compared = 0
+    for shard in sorted(tmp.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as fh:
+            for key in fh.keys():
+                if not torch.equal(fh.get_tensor(key), state[key]):
+                    raise RuntimeError(f"merge check failed: saved tensor {key} differs from the merged model")
+                compared += 1
+    report = {"base": base, "adapter": str(adapter_dir), "dtype": dtype, "probe_positions": int(mask.sum()),
+              "max_abs_logit_diff_fp32": diff, "next_token_agreement": agreement, "saved_tensors_checked": compared,
+              "seconds": round(time.time() - t0, 1)}
+    write_json(tmp / "merge.json", report)
     os.replace(tmp, out_dir)
-    print(f"[run] merged 16-bit model saved to {out_dir}")
+    print(f"[run] merged {dtype} model saved to {out_dir}: matches base + adapter on {report['probe_positions']} "
+          f"probe positions (max |logit diff| {diff:.2g} in float32); {compared} saved tensors checked")
+    return report
 
 
 # ------------------------------------------------------------------------- multi-process launches

@@ -40,10 +40,11 @@ from recipes.common import (
     JsonlMetricsCallback,
     ModelArguments,
     RunArguments,
+    TrainingGuard,
     UserError,
     adapter_base,
-    fit_precision,
     load_model_and_tokenizer,
+    load_tokenizer,
     parse_args,
     prepare_output_dir,
     run_cli,
@@ -136,13 +137,24 @@ def run_sft_pass(model, tokenizer, train, pargs: PreferenceArguments, targs: DPO
         dataset_num_proc=targs.dataset_num_proc,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=sft_on_chosen(train), processing_class=tokenizer,
-                         callbacks=[JsonlMetricsCallback(str(out / "sft"))])
+                         callbacks=[JsonlMetricsCallback(str(out / "sft")), TrainingGuard()])
     print(f"[sft] {pargs.sft_first_steps} steps on the chosen answers before DPO")
     trainer.train()
     adapter = out / "sft" / "adapter"
     trainer.save_model(str(adapter))
     tokenizer.save_pretrained(str(adapter))
     return adapter
+
+
+def pair_budget(pairs, tokenizer, window: int, what: str, on_long_rows: str):
+    """The length budget on the longer of each pair's two answers after its prompt."""
+    from data.lengths import enforce_budget, sequence_lengths
+
+    chosen = sequence_lengths(pairs, tokenizer, ["prompt", "chosen"])
+    rejected = sequence_lengths(pairs, tokenizer, ["prompt", "rejected"])
+    longer = [max(a, b) for a, b in zip(chosen, rejected, strict=True)]
+    return enforce_budget(pairs, longer, limit=window, what=f"{what} (prompt + longer answer)",
+                          on_overflow=on_long_rows, fix="Raise max_length and max_seq_length.")
 
 
 def settle_reference(model, starting_adapter: str | None, checkpoint: str | None) -> None:
@@ -212,8 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     base_name = adapter_base(starting_adapter) if starting_adapter else margs.model_name_or_path
     if checkpoint and pargs.sft_first_steps and (sft_adapter / "adapter_config.json").is_file():
         margs.model_name_or_path = starting_adapter = str(sft_adapter)
+    # Both answers of a pair must fit after the prompt: TRL cuts longer pairs at max_length.
+    window = min(targs.max_length or margs.max_seq_length, margs.max_seq_length)
+    length_tokenizer = load_tokenizer(margs)
+    train = pair_budget(train, length_tokenizer, window, "training pairs", rargs.on_long_rows)
+    if held_out is not None:
+        held_out = pair_budget(held_out, length_tokenizer, window, "held-out pairs", rargs.on_long_rows)
     model, tokenizer = load_model_and_tokenizer(margs, seed=targs.seed)
-    fit_precision(targs)
     write_run_info(str(out), pargs, targs, margs, rargs, extra={"train_pairs": len(train),
                    "held_out_pairs": len(held_out) if held_out is not None else 0})
 
@@ -229,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=train,
         eval_dataset=held_out if targs.eval_strategy != "no" else None,
         processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(str(out))],
+        callbacks=[JsonlMetricsCallback(str(out)), TrainingGuard(what="the policy")],
     )
     is_lora = isinstance(trainer.model, PeftModel)
     if is_lora:

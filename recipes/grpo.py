@@ -26,7 +26,7 @@ nothing), `completions/mean_length`, `completions/clipped_ratio`, `entropy`, and
 import recipes.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
 
 # isort: split
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer
@@ -35,13 +35,16 @@ from data.common import is_local
 from data.vi_gsm8k import DEFAULT_SOURCE, SYSTEM_PROMPT, load_vi_gsm8k
 from evaluate.gsm8k import make_training_eval_callback
 from recipes.common import (
+    LAST_PARSE,
     JsonlMetricsCallback,
     ModelArguments,
     RunArguments,
+    TrainingGuard,
     UserError,
-    fit_precision,
+    check_lengths,
     has_cuda,
     load_model_and_tokenizer,
+    load_tokenizer,
     parse_args,
     prepare_output_dir,
     run_cli,
@@ -95,6 +98,28 @@ class GRPOScriptArguments:
 # The dataclasses a config of this recipe fills (tests parse every shipped YAML with them).
 ARGUMENT_TYPES = [GRPOScriptArguments, GRPOConfig, ModelArguments, RunArguments]
 
+# The keys that define GRPO's objective. Left unset, Unsloth's GRPOConfig (the GPU path) fills some
+# differently from TRL's: after an explicit `loss_type: dapo` it sets `epsilon_high: 0.28` and, when
+# the value arrives unset, `mask_truncated_completions: true` (unsloth/models/rl.py). Every shipped
+# config states all of them (tests/test_grpo_objective.py), so one YAML is one objective on both
+# backends, and a run names any value its config did not state that differs from TRL's default.
+LOSS_KEYS = ("loss_type", "beta", "epsilon", "epsilon_high", "delta", "scale_rewards", "mask_truncated_completions",
+             "importance_sampling_level", "num_iterations", "top_entropy_quantile", "entropy_coef",
+             "vllm_importance_sampling_correction")
+
+
+def report_objective(training_args, explicit: set[str]) -> dict:
+    """Print the objective the trainer got; name values nobody stated that differ from TRL's defaults."""
+    defaults = {f.name: f.default for f in fields(type(training_args))}
+    objective = {k: getattr(training_args, k) for k in LOSS_KEYS}
+    print("[grpo] objective: " + ", ".join(f"{k}={v}" for k, v in objective.items()))
+    changed = [f"{k}={objective[k]} (TRL: {defaults[k]})" for k in LOSS_KEYS
+               if k not in explicit and objective[k] != defaults[k]]
+    if changed:
+        print(f"[grpo] not in your config but set by {type(training_args).__name__}: {', '.join(changed)}; "
+              "state these keys in the YAML to choose them yourself")
+    return objective
+
 
 def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args, run_args = parse_args(ARGUMENT_TYPES, argv)
@@ -111,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("use_vllm needs a CUDA GPU with vLLM; set use_vllm: false (HF generate) on this machine")
     checkpoint = prepare_output_dir(training_args.output_dir, run_args.resume)
     set_seed(training_args.seed)
-    fit_precision(training_args)
+    objective = report_objective(training_args, LAST_PARSE["explicit"])
 
     # Data: chat prompts plus the gold `answer` column, which reaches the rewards as a keyword.
     train_dataset = load_vi_gsm8k(
@@ -123,6 +148,12 @@ def main(argv: list[str] | None = None) -> None:
         system_prompt=script_args.system_prompt,
     ).remove_columns("completion")  # the reference solution is SFT's target, not GRPO's
     print(f"[data] {len(train_dataset)} training problems from {script_args.dataset_name}")
+    # Prompt + completion must fit the model's window: vLLM stops at max_seq_length and Unsloth's
+    # forward cuts longer rows with only a warning, which misaligns the log-probabilities.
+    tokenizer = load_tokenizer(model_args)
+    budget = dict(limit=model_args.max_seq_length, reserve=training_args.max_completion_length,
+                  on_long_rows=run_args.on_long_rows, fix="Raise max_seq_length, or lower max_completion_length.")
+    train_dataset = check_lengths(train_dataset, tokenizer, ["prompt"], what="GRPO prompts", **budget)
     eval_dataset = None
     if script_args.eval_every_save:
         # Accuracy on problems the policy never trains on, at every checkpoint: a rising reward
@@ -134,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset = load_vi_gsm8k(eval_source, split=script_args.eval_split, on_bad_rows=run_args.on_bad_rows,
                                      limit=script_args.eval_limit, seed=training_args.seed,
                                      system_prompt=script_args.system_prompt)
+        eval_dataset = check_lengths(eval_dataset, tokenizer, ["prompt"], what="held-out prompts", **budget)
 
     # Model: the policy with LoRA (or an SFT adapter to continue). With beta > 0 the reference
     # model is the same network with the adapter switched off (no second copy in memory) - so
@@ -155,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(training_args.output_dir)],
+        callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard(what="the policy")],
     )
     if eval_dataset is not None:
         trainer.add_callback(make_training_eval_callback(
@@ -163,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
             max_new_tokens=training_args.max_completion_length, trainer=trainer))
     write_run_info(training_args.output_dir, script_args, training_args, model_args, run_args,
                    extra={"recipe": "grpo", "train_rows": len(train_dataset), "reward_names": names,
-                          "generation": "vLLM" if training_args.use_vllm else "HF generate"})
+                          "generation": "vLLM" if training_args.use_vllm else "HF generate",
+                          "objective": objective})
     trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, tokenizer, training_args.output_dir, model_args, run_args.save_merged)
 

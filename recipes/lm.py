@@ -34,8 +34,10 @@ from recipes.common import (
     JsonlMetricsCallback,
     ModelArguments,
     RunArguments,
-    fit_precision,
+    TrainingGuard,
+    check_lengths,
     load_model_and_tokenizer,
+    load_tokenizer,
     parse_args,
     prepare_output_dir,
     run_cli,
@@ -71,7 +73,6 @@ ARGUMENT_TYPES = [ModelArguments, LMDataArguments, RunArguments, SFTConfig]
 def main(argv: list[str] | None = None) -> None:
     margs, dargs, run, targs = parse_args(ARGUMENT_TYPES, argv)
     checkpoint = prepare_output_dir(targs.output_dir, run.resume)
-    fit_precision(targs)
     set_seed(targs.seed)
     write_run_info(targs.output_dir, margs, dargs, run, targs)
 
@@ -82,6 +83,12 @@ def main(argv: list[str] | None = None) -> None:
 
     train_ds, eval_ds = load(dargs.dataset_train_split), load(dargs.dataset_eval_split)
     print(f"[data] {len(train_ds)} train / {len(eval_ds)} held-out sentences, e.g. {train_ds[0]['text']!r}")
+    window = min(targs.max_length or margs.max_seq_length, margs.max_seq_length)
+    tokenizer = load_tokenizer(margs)
+    train_ds = check_lengths(train_ds, tokenizer, ["text"], limit=window - 1, reserve=0, what="training sentences",
+                             on_long_rows=run.on_long_rows, fix="Raise max_length and max_seq_length.")
+    eval_ds = check_lengths(eval_ds, tokenizer, ["text"], limit=window - 1, reserve=0, what="held-out sentences",
+                            on_long_rows=run.on_long_rows, fix="Raise max_length and max_seq_length.")
 
     # ---- model (the shared loader; GPT-2 has no chat template: require_chat_template false)
     model, tokenizer = load_model_and_tokenizer(margs, seed=targs.seed)
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(targs.output_dir)],
+        callbacks=[JsonlMetricsCallback(targs.output_dir), TrainingGuard()],
     )
 
     # ---- train, with held-out perplexity before and after

@@ -59,15 +59,13 @@ from recipes.common import (
     JsonlMetricsCallback,
     ModelArguments,
     RunArguments,
+    TrainingGuard,
     UserError,
     adapter_base,
-    check_device,
-    fit_precision,
     is_local_path,
     load_model_and_tokenizer,
     parse_args,
     prepare_output_dir,
-    resolve_dtype,
     run_cli,
     save_final,
     write_json,
@@ -204,7 +202,6 @@ def main(argv: list[str] | None = None) -> None:
     if pargs.total_episodes is None:
         raise UserError("set total_episodes: PPO's run length (prompts x epochs); there is no max_steps")
     prepare_output_dir(pargs.output_dir, resume=False)
-    fit_precision(pargs)
     set_seed(pargs.seed)
     write_run_info(pargs.output_dir, margs, sargs, run, pargs)
 
@@ -232,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"the value model needs a full checkpoint, {value_path} is a LoRA adapter: "
                         "pass --value_model (e.g. the merged LM from `make lm`)")
     value_model = AutoModelForSequenceClassification.from_pretrained(
-        value_path, num_labels=1, dtype=resolve_dtype(margs.dtype, check_device(margs)),
+        # Every value-model weight trains: float32 masters under the trainer's autocast.
+        value_path, num_labels=1, dtype=torch.float32,
         trust_remote_code=margs.trust_remote_code)
     if value_model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         value_model.resize_token_embeddings(len(tokenizer))
@@ -254,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
           f"text, word segmentation {'on' if scorer.word_segmentation else 'off'}, prompts padded to {width} tokens")
 
     # ---- trainer
-    callbacks = [JsonlMetricsCallback(pargs.output_dir)]
+    # The guard watches the policy: the value head trains whatever happens to the policy's weights.
+    callbacks = [JsonlMetricsCallback(pargs.output_dir), TrainingGuard(part=lambda m: m.policy, what="the PPO policy")]
     sampler = None
     if sargs.sample_every > 0:
         n = min(sargs.sample_prompts, len(eval_ids))

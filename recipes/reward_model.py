@@ -41,8 +41,8 @@ from data.students_feedback import FIXTURE, HUB_ID, LABELS, load_feedback
 from recipes.common import (
     JsonlMetricsCallback,
     RunArguments,
+    TrainingGuard,
     UserError,
-    fit_precision,
     is_local_path,
     parse_args,
     prepare_output_dir,
@@ -109,7 +109,6 @@ ARGUMENT_TYPES = [RewardModelArguments, RunArguments, TrainingArguments]
 def main(argv: list[str] | None = None) -> None:
     rargs, run, targs = parse_args(ARGUMENT_TYPES, argv)
     checkpoint = prepare_output_dir(targs.output_dir, run.resume)
-    fit_precision(targs)
     set_seed(targs.seed)
     write_run_info(targs.output_dir, rargs, run, targs)
 
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=[JsonlMetricsCallback(targs.output_dir)],
+        callbacks=[JsonlMetricsCallback(targs.output_dir), TrainingGuard(what="the classifier")],
     )
     t0 = time.time()
     trainer.train(resume_from_checkpoint=checkpoint)

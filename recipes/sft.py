@@ -29,8 +29,10 @@ from recipes.common import (
     JsonlMetricsCallback,
     ModelArguments,
     RunArguments,
-    fit_precision,
+    TrainingGuard,
+    check_lengths,
     load_model_and_tokenizer,
+    load_tokenizer,
     parse_args,
     prepare_output_dir,
     run_cli,
@@ -79,7 +81,6 @@ def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args, run_args = parse_args(ARGUMENT_TYPES, argv)
     checkpoint = prepare_output_dir(training_args.output_dir, run_args.resume)
     set_seed(training_args.seed)
-    fit_precision(training_args)
 
     # Data: prompt (chat messages) + completion (the worked answer ending in "#### n").
     train_dataset = load_vi_gsm8k(
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         system_prompt=script_args.system_prompt,
     )
     print(f"[data] {len(train_dataset)} training problems from {script_args.dataset_name}")
+    # TRL cuts rows at max_length from the end, which is where the "#### n" answer line is.
+    window = min(training_args.max_length or model_args.max_seq_length, model_args.max_seq_length)
+    train_dataset = check_lengths(train_dataset, load_tokenizer(model_args), ["prompt", "completion"], limit=window,
+                                  reserve=0, what="SFT rows (prompt + answer)", on_long_rows=run_args.on_long_rows,
+                                  fix="Raise max_length and max_seq_length.")
 
     # Model: base (4-bit for QLoRA) + LoRA, or an adapter directory to continue.
     model, tokenizer = load_model_and_tokenizer(model_args, seed=training_args.seed)
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(training_args.output_dir)],
+        callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard()],
     )
     # The baseline is only the published one if the prompt tokens carry no loss.
     share = completion_token_share(trainer.train_dataset)

@@ -16,7 +16,7 @@ def parse(name):
     from recipes.common import ModelArguments, RunArguments, parse_args
 
     return parse_args([grpo.GRPOScriptArguments, grpo.GRPOConfig, ModelArguments, RunArguments],
-                      ["--config", str(ROOT / "configs" / "grpo" / name), "--bf16", "false"])  # no bf16 here
+                      ["--config", str(ROOT / "configs" / "grpo" / name)])  # precision: decided per device
 
 
 @pytest.mark.parametrize("name, mode", sorted(VLLM_CONFIGS.items()))

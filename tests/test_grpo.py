@@ -127,13 +127,14 @@ def test_shipped_grpo_configs_are_consistent(name):
 
     script, train, model, _ = parse_args(
         [grpo.GRPOScriptArguments, grpo.GRPOConfig, ModelArguments, RunArguments],
-        ["--config", str(ROOT / "configs" / "grpo" / name), "--bf16", "false"],  # no bf16 on this CPU
+        ["--config", str(ROOT / "configs" / "grpo" / name)],  # precision: decided per device
     )
     funcs = get_reward_funcs(script.reward_funcs)
     assert train.reward_weights is not None and len(train.reward_weights) == len(funcs)
     assert train.generation_batch_size % train.num_generations == 0
-    # Room for the prompt (vi_gsm8k prompts with the system prompt: ~150-300 tokens).
-    assert model.max_seq_length >= train.max_completion_length + (128 if name == "tiny.yaml" else 256)
+    # Room for the prompt: ~510 tokens for vi_gsm8k's longest in Qwen2.5's tokens (configs' comments).
+    room = {"tiny.yaml": 128, "demo.yaml": 128}.get(name, 512)
+    assert model.max_seq_length >= train.max_completion_length + room
     assert Path(train.output_dir).parts[0] == "runs"
     if name in SINGLE_GPU_CONFIGS:  # the one-GPU reference settings (STACK.md)
         assert model.load_in_4bit or "0.5b" in name

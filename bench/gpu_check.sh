@@ -7,17 +7,19 @@
 #
 # 1. installs gpu_bundle/*.whl into ./site (no network, no dependency resolution) and puts it first
 #    on PYTHONPATH; 2. prints versions and GPU, notes every import that fails, and carries on;
-# 3. smoke: the tiny configs of grpo, dpo, sft (on a random Qwen2.5-0.5B-shaped model, 4-bit,
-#    --device cuda) and ppo (tiny GPT-2, cuda), 2 steps each, in parallel; 4. the benchmark
-#    (bench/run.py) for the 0.5b and 1.5b shapes, Unsloth vs HF. Each step runs under `timeout`, so a
-#    hang costs its own limit only; the whole script stays under ~7 minutes.
+# 3. the learning checks (bench/gpu_check.py): every recipe through its real entry point on small
+#    offline models, 4-bit where the recipe uses it, asserting that what it optimises moved - SFT and
+#    DPO loss, GRPO reward, LM perplexity, the classifier's loss, PPO's policy update - plus the
+#    merged model against base + adapter, GRPO continuing an adapter sampling from it, the GRPO loss
+#    keys the trainer got, the fp16 (no-bf16) path, and vLLM generation when vLLM imports; results
+#    to bench/results/<date>-<gpu>-gpu-check.{json,md}; 4. the Unsloth vs HF benchmark (bench/run.py)
+#    for the 0.5b and 1.5b shapes with what is left of ~7 minutes. Each step runs under `timeout`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
 WORK=${WORK:-/tmp/virl-gpu-check}
-# Knobs for a dry run of this script on a CPU machine: DEVICE=cpu SMOKE_SHAPE=tiny BENCH_SHAPES=tiny
+# Knobs for a dry run of this script on a CPU machine: DEVICE=cpu BENCH_SHAPES=tiny
 DEVICE=${DEVICE:-cuda}
-SMOKE_SHAPE=${SMOKE_SHAPE:-0.5b}
 BENCH_SHAPES=${BENCH_SHAPES:-0.5b,1.5b}
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
@@ -79,43 +81,15 @@ if torch.cuda.is_available():
           'capability', torch.cuda.get_device_capability(0))
 " 2>&1 | tail -n 3 | tee -a "$OUT/versions.txt"
 
-echo "=== models (at $(elapsed)s) ==="
-step tiny_models 120 python3 -m recipes.tiny --out runs/tiny
-MODEL=$WORK/qwen2.5-$SMOKE_SHAPE
-step build_$SMOKE_SHAPE 180 python3 -m bench.models --shape "$SMOKE_SHAPE" --out "$MODEL"
-
-echo "=== smoke: grpo, dpo, sft on the $SMOKE_SHAPE shape in 4-bit; ppo on the tiny GPT-2 (parallel) ==="
-if [ "$DEVICE" = cuda ]; then
-    GPU4=(--model_name_or_path "$MODEL" --load_in_4bit true --device cuda --dtype bfloat16 --bf16 true
-          --gradient_checkpointing_mode unsloth --max_steps 2 --save_steps 1)
-else
-    GPU4=(--model_name_or_path "$MODEL" --device cpu --max_steps 2 --save_steps 1)
-fi
-smoke() {  # each Unsloth process compiles into its own cache directory: no races between them
-    local name=$1
-    shift
-    UNSLOTH_COMPILE_LOCATION=$WORK/unsloth_cache_$name step "smoke_$name" 240 "$@"
-}
-rm -rf "$WORK/smoke"
-pids=()
-smoke grpo python3 -m recipes.grpo --config configs/grpo/tiny.yaml "${GPU4[@]}" --output_dir "$WORK/smoke/grpo" &
-pids+=($!)
-smoke dpo python3 -m recipes.dpo --config configs/dpo/tiny.yaml "${GPU4[@]}" --output_dir "$WORK/smoke/dpo" &
-pids+=($!)
-smoke sft python3 -m recipes.sft --config configs/sft/tiny.yaml "${GPU4[@]}" --output_dir "$WORK/smoke/sft" &
-pids+=($!)
-smoke ppo python3 -m recipes.ppo --config configs/ppo/tiny.yaml --model_name_or_path runs/tiny/gpt2 \
-    --reward_model runs/tiny/classifier --device "$DEVICE" --output_dir "$WORK/smoke/ppo" &
-pids+=($!)
-wait "${pids[@]}"  # not a bare `wait`: that would also wait for the `tee` of this script's own log
-for name in grpo dpo sft ppo; do
-    ls "$WORK/smoke/$name" > "$OUT/smoke_${name}_files.txt" 2>&1
-    cp "$WORK/smoke/$name/metrics.jsonl" "$OUT/smoke_${name}_metrics.jsonl" 2>/dev/null
-done
+echo "=== learning checks (at $(elapsed)s) ==="
+# Knob for a dry run on a CPU: DEVICE=cpu (then BENCH_SHAPES=tiny too).
+step learn 330 python3 -m bench.gpu_check --device "$DEVICE" --out "$OUT/learn" --work "$WORK/learn" \
+    --results bench/results --check-timeout 240
+cat "$OUT/learn/gpu_check.md" 2>/dev/null
 
 echo "=== benchmark: Unsloth vs HF, $BENCH_SHAPES (at $(elapsed)s) ==="
-# Whatever is left of ~6.5 minutes; runs not started in time are recorded as skipped.
-BUDGET=$(( 390 - $(elapsed) ))
+# Whatever is left of ~7 minutes; runs not started in time are recorded as skipped.
+BUDGET=$(( 420 - $(elapsed) ))
 [ "$BUDGET" -lt 60 ] && BUDGET=60
 step bench $(( BUDGET + 120 )) python3 -m bench.run --shapes "$BENCH_SHAPES" --steps 4 --warmup 1 \
     --out "$OUT/bench" --logs "$OUT/bench/runs" --work-dir "$WORK" --run-timeout 120 --time-budget "$BUDGET"

@@ -227,7 +227,9 @@ def adapter_base(path: str) -> str | None:
     config = Path(path) / "adapter_config.json"
     if not config.is_file():
         return None
-    return json.loads(config.read_text())["base_model_name_or_path"]
+    from recipes.adapters import resolve_adapter_base  # any working directory, moved run folders
+
+    return resolve_adapter_base(path)
 
 
 def default_target_modules(model) -> list[str]:

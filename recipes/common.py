@@ -558,6 +558,10 @@ def save_final(trainer, tokenizer, output_dir: str, margs: ModelArguments, save_
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(final))
+        if margs.use_peft:  # so the adapter finds its base from anywhere (recipes/adapters.py)
+            from recipes.adapters import record_adapter_base
+
+            record_adapter_base(final, requested=margs.model_name_or_path)
         print(f"[run] saved {final}")
         if save_merged and margs.use_peft:
             merge_adapter(str(final), str(out / "merged"), trust_remote_code=margs.trust_remote_code)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -283,6 +284,10 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
@@ -302,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
           "(Ctrl-C stops the server)", flush=True)
     import gradio as gr
 
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the page as cleanly as Ctrl-C does
     page.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=True,
         ssr_mode=False, quiet=True,

@@ -22,7 +22,6 @@ import runpy
 import sys
 from pathlib import Path
 
-
 # Qwen2's pre-tokenizer split (transformers' Qwen2 tokenizer; llama.cpp's `qwen2` rule).
 QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 

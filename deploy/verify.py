@@ -165,14 +165,14 @@ def compare(model, tokenizer, ref: Reference, max_new_tokens: int, expected: str
     stops = _stop_ids(tokenizer, model)
     identical, agree, positions = 0, 0, 0
     prompts = []
-    for ids, continuation, ref_top1 in zip(ref.prompt_ids, ref.continuations, ref.top1):
+    for ids, continuation, ref_top1 in zip(ref.prompt_ids, ref.continuations, ref.top1, strict=True):
         mine = _greedy(model, tokenizer, ids, max_new_tokens, stops)
         top1 = _top1(model, ids, continuation)
         same = mine == continuation
         identical += same
-        matches = sum(a == b for a, b in zip(top1, ref_top1))
+        matches = sum(a == b for a, b in zip(top1, ref_top1, strict=True))
         agree, positions = agree + matches, positions + len(ref_top1)
-        first = next((i for i, (a, b) in enumerate(zip(mine, continuation)) if a != b),
+        first = next((i for i, (a, b) in enumerate(zip(mine, continuation, strict=False)) if a != b),
                      None if same else min(len(mine), len(continuation)))
         prompts.append({
             "identical": same,

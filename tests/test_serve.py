@@ -40,7 +40,7 @@ def test_llama_cpp_for_a_gguf_export(gguf_export):
     engine, cmd, name = serve.plan(args(model=str(gguf_export), port=8123, threads=2))
     assert engine == "llama-cpp" and name == "m-q8_0"
     assert cmd[:3] == [sys.executable, "-m", "llama_cpp.server"]
-    opts = dict(zip(cmd[3::2], cmd[4::2]))
+    opts = dict(zip(cmd[3::2], cmd[4::2], strict=True))
     assert opts == {"--model": str(gguf_export / "m-q8_0.gguf"), "--model_alias": "m-q8_0", "--host": "127.0.0.1",
                     "--port": "8123", "--n_ctx": "2048", "--n_threads": "2"}
     # the file itself works too

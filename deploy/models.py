@@ -43,10 +43,18 @@ class ModelSource:
         return self.kind == "adapter"
 
     def describe(self) -> str:
-        """One line for logs and page headers."""
+        """One line for logs and page headers (paths under the working directory shown relative)."""
         if self.is_adapter:
-            return f"{self.name} (LoRA adapter on {self.base})"
-        return self.name
+            return f"{_shown(self.name)} (LoRA adapter on {_shown(self.base)})"
+        return _shown(self.name)
+
+
+def _shown(path: str | None) -> str:
+    if path and os.path.isabs(path):
+        relative = os.path.relpath(path)
+        if not relative.startswith(".."):
+            return relative
+    return str(path)
 
 
 def default_model() -> str:

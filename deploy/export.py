@@ -43,7 +43,6 @@ from data.files import staged_directory, write_json_atomic, write_text_atomic
 from deploy import llamacpp
 from deploy.card import find_eval_scores, model_card, modelfile
 from deploy.models import ModelSource, recipe_system_prompt, resolve_model, slug
-from recipes.adapters import BASE_RECORD
 from recipes.common import UserError
 
 FORMATS = ("merged", "gguf", "adapter")
@@ -213,11 +212,19 @@ def merge_into(adapter_dir: str, target: Path) -> None:
     tmp.rmdir()
 
 
+# What an adapter folder needs to be loaded: PEFT's files and the tokenizer's (a checkpoint-*
+# folder also holds optimizer and scheduler states, which are not part of the model).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
+                 "merges.txt", "added_tokens.json", "tokenizer.model")
+
+
 def copy_adapter(adapter_dir: Path, stage: Path) -> None:
-    """The adapter's files, without the machine-specific base record and TRL's empty card."""
-    for item in adapter_dir.iterdir():
-        if item.is_file() and item.name not in (BASE_RECORD, "README.md", "training_args.bin"):
-            shutil.copy2(item, stage / item.name)
+    """The adapter's own files (not the machine-specific base record, TRL's empty card or a
+    checkpoint's training state)."""
+    for name in ADAPTER_FILES:
+        if (adapter_dir / name).is_file():
+            shutil.copy2(adapter_dir / name, stage / name)
 
 
 def print_checks(checks: list[dict[str, Any]]) -> None:

@@ -35,7 +35,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 EMBEDDED = $(shell $(PY) -m recipes.embedded | tail -1)
 embedded_arg = $(if $(findstring demo,$(1)),--model_name_or_path $(or $(EMBEDDED),$(error recipes.embedded gave no model directory)))
 
-.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment demo demo-quick bench
+.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment demo demo-quick bench chat export serve
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -110,3 +110,19 @@ demo: $(STAMP) ## the GRPO story on a CPU, offline (~30 min on 2 cores): base ->
 
 demo-quick: $(STAMP) $(TINY)/.complete ## the demo's plumbing on the tiny random model (~1 min) -> runs/demo-quick/report.md
 	$(PY) -m recipes.demo --quick --model $(TINY)/qwen2 --output_dir runs/demo-quick $(ARGS)
+
+# Use a trained model (README, "Use the trained model"). MODEL: a hub id, a model directory, a LoRA
+# adapter or a merged model; empty means the embedded SmolLM2-135M-Instruct.
+FORMAT ?= gguf
+QUANT ?=
+OUT ?=
+model_dep = $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete)
+
+chat: $(STAMP) $(model_dep) ## Gradio chat page on 127.0.0.1:7860, streamed replies: MODEL=dir|adapter|hub-id [ARGS="--port 7861 --do_sample true"]
+	$(PY) -m deploy.chat $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+export: $(STAMP) $(model_dep) ## export + reload check: MODEL=adapter|dir FORMAT=merged|gguf|adapter [QUANT=f16|bf16|q8_0|q4_k_m OUT=dir ARGS="--push_to_hub user/repo"]
+	$(PY) -m deploy.export $(if $(MODEL),--model $(MODEL)) --format $(FORMAT) $(if $(QUANT),--quant $(QUANT)) $(if $(OUT),--output_dir $(OUT)) $(ARGS)
+
+serve: $(STAMP) ## OpenAI-compatible server: MODEL=export-dir|file.gguf (CPU, llama.cpp; pip install -e '.[serve]') or adapter|dir (GPU, vLLM) [ARGS="--port 8000"]
+	$(PY) -m deploy.serve $(if $(MODEL),--model $(MODEL)) $(ARGS)

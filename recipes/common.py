@@ -262,7 +262,9 @@ def adapter_base(path: str) -> str | None:
     config = Path(path) / "adapter_config.json"
     if not config.is_file():
         return None
-    return json.loads(config.read_text())["base_model_name_or_path"]
+    from recipes.adapters import resolve_adapter_base  # any working directory, moved run folders
+
+    return resolve_adapter_base(path)
 
 
 def default_target_modules(model) -> list[str]:
@@ -747,6 +749,10 @@ def save_final(trainer, tokenizer, output_dir: str, margs: ModelArguments, save_
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(final))
+        if margs.use_peft:  # so the adapter finds its base from anywhere (recipes/adapters.py)
+            from recipes.adapters import record_adapter_base
+
+            record_adapter_base(final, requested=margs.model_name_or_path)
         print(f"[run] saved {final}")
         if margs.use_peft:
             record_adapter_base(str(final), sixteen_bit_name(margs.model_name_or_path))

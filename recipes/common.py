@@ -353,7 +353,8 @@ def load_model_and_tokenizer(margs: ModelArguments, seed: int = 42, for_training
             # An adapter directory goes to Unsloth as is: it loads the base, attaches the adapter
             # trainable and patches it (fast LoRA kernels, offloaded checkpointing, and on a GPU
             # with vLLM the LoRA request that makes generation sample from the adapter).
-            model, tokenizer = _load_unsloth(margs, name, dtype, want_4bit, fast_inference, full_finetuning)
+            source = _adapter_view(name, base) if base is not None else name
+            model, tokenizer = _load_unsloth(margs, source, dtype, want_4bit, fast_inference, full_finetuning)
         else:
             model, tokenizer = _load_hf(margs, load_name, dtype, want_4bit, device)
     except OSError as err:
@@ -409,6 +410,30 @@ def load_tokenizer(margs: ModelArguments):
         raise UserError(f"could not load the tokenizer of {source!r}: {str(err).splitlines()[0]} "
                         "(offline? use a local directory, e.g. the embedded model: make demo)") from None
     return tokenizer
+
+
+def _adapter_view(adapter_dir: str, base: str) -> str:
+    """The adapter as Unsloth should see it. Unsloth reads `base_model_name_or_path` as written, so
+    a base recorded as a relative path (run from another directory, or a moved run folder) would
+    not load; then a temporary view of the adapter (its files linked, its config naming the base
+    resolved by recipes/adapters.py) is handed over instead. Nothing in the run folder changes."""
+    import atexit
+    import shutil
+    import tempfile
+
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    recorded = config.get("base_model_name_or_path") or ""
+    if recorded == base or not os.path.isdir(base) or (
+            os.path.isdir(recorded) and Path(recorded).resolve() == Path(base).resolve()):
+        return adapter_dir  # it loads as written (a hub id, or a path valid from here)
+    view = Path(tempfile.mkdtemp(prefix="virl-adapter-"))
+    atexit.register(shutil.rmtree, view, ignore_errors=True)
+    for item in Path(adapter_dir).iterdir():
+        if item.name != "adapter_config.json":
+            (view / item.name).symlink_to(item.resolve())
+    config["base_model_name_or_path"] = base
+    (view / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return str(view)
 
 
 def _load_unsloth(margs, name, dtype, want_4bit, fast_inference, full_finetuning):
@@ -741,7 +766,7 @@ class TrainingGuard(TrainerCallback):
 def save_final(trainer, tokenizer, output_dir: str, margs: ModelArguments, save_merged: bool) -> Path:
     """Save the final adapter (or full model) to `output_dir/adapter` and optionally a merged copy.
 
-    The adapter's recorded base is the 16-bit model the run started from (see `record_adapter_base`);
+    The adapter's recorded base is the 16-bit model the run started from (see `name_16bit_base`);
     the merged copy is in the run's precision (bf16 / fp16, float32 for a float32 run).
     """
     out = Path(output_dir)
@@ -749,13 +774,13 @@ def save_final(trainer, tokenizer, output_dir: str, margs: ModelArguments, save_
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(final))
-        if margs.use_peft:  # so the adapter finds its base from anywhere (recipes/adapters.py)
+        if margs.use_peft:
             from recipes.adapters import record_adapter_base
 
+            name_16bit_base(str(final), sixteen_bit_name(margs.model_name_or_path))
+            # Where that base is, so the adapter finds it from anywhere (recipes/adapters.py).
             record_adapter_base(final, requested=margs.model_name_or_path)
         print(f"[run] saved {final}")
-        if margs.use_peft:
-            record_adapter_base(str(final), sixteen_bit_name(margs.model_name_or_path))
         if save_merged and margs.use_peft:
             dtype = precision_for(margs.dtype, check_device(margs)).dtype
             merge_adapter(str(final), str(out / "merged"), dtype=dtype, trust_remote_code=margs.trust_remote_code)
@@ -777,7 +802,7 @@ def sixteen_bit_name(model_name_or_path: str | None) -> str | None:
     return (adapter_base(name) if os.path.isdir(name) else None) or name or None
 
 
-def record_adapter_base(adapter_dir: str, intended: str | None) -> None:
+def name_16bit_base(adapter_dir: str, intended: str | None) -> None:
     """Make the adapter name the 16-bit model it was trained on as its base.
 
     Loading `unsloth/Qwen2.5-3B-Instruct` in 4-bit, Unsloth fetches its pre-quantized

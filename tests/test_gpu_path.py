@@ -21,7 +21,7 @@ from recipes.common import (
     is_prequantized,
     load_model_and_tokenizer,
     merge_adapter,
-    record_adapter_base,
+    name_16bit_base,
 )
 
 
@@ -146,7 +146,7 @@ def test_vllm_slots_hold_the_adapter_being_continued(unsloth_calls, tiny_models,
 def test_the_adapter_records_its_16bit_base(tmp_path, recorded, intended, rewritten):
     config = {"base_model_name_or_path": recorded, "r": 8, "peft_type": "LORA"}
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
-    record_adapter_base(str(tmp_path), intended)
+    name_16bit_base(str(tmp_path), intended)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == (intended if rewritten else recorded)
     assert saved["r"] == 8
@@ -200,3 +200,21 @@ def test_merge_refuses_a_quantized_base_and_an_existing_folder(tiny_models, tmp_
     (quantized / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="keeps the 4-bit rounding"):
         merge_adapter(str(quantized), str(tmp_path / "m"))
+
+
+def test_an_adapter_with_a_relative_base_loads_through_unsloth_from_anywhere(tiny_models, tmp_path, monkeypatch):
+    """Unsloth reads the recorded base as written; a run folder used from another directory must
+    still load (through a temporary view of the adapter) and stay untouched."""
+    project = tmp_path / "project"
+    shutil.copytree(tiny_models / "qwen2", project / "models" / "qwen2")
+    adapter = _adapter(tiny_models, project / "runs")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "models/qwen2"  # as written by a run started in `project`
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    margs = ModelArguments(model_name_or_path=str(adapter), use_peft=True, load_in_4bit=False, max_seq_length=64)
+    model, _ = load_model_and_tokenizer(margs, for_training=False)
+    assert any("lora_B" in n for n, _ in model.named_parameters())
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "models/qwen2"

@@ -114,13 +114,16 @@ class RunArguments:
 class _SharedFieldParser(TrlParser):
     """TrlParser where a field declared by several dataclasses is ONE option whose value reaches all
     of them: `trust_remote_code` is in ModelArguments and in TRL's SFT/DPO/GRPO/Reward configs, and
-    plain argparse refuses the duplicate option."""
+    plain argparse refuses the duplicate option. Abbreviations are off: argparse would otherwise
+    take `--max_step 2` as `--max_steps 2` without a word."""
 
     def __init__(self, dataclass_types):
-        super().__init__(dataclass_types, conflict_handler="resolve")
+        super().__init__(dataclass_types, conflict_handler="resolve", allow_abbrev=False)
 
     def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
         namespace, remaining = self.parse_known_args(args=args)
+        if remaining and not return_remaining_strings:
+            raise ValueError(unknown_options_message(remaining, self.option_names()))
         values = vars(namespace)
         if any(issubclass(t, TrainingArguments) for t in self.dataclass_types):
             apply_precision(values)
@@ -130,18 +133,64 @@ class _SharedFieldParser(TrlParser):
         ]
         if return_remaining_strings:
             return (*outputs, remaining)
-        if remaining:
-            raise ValueError(f"unknown command-line option(s): {' '.join(remaining)}")
         return tuple(outputs)
+
+    def option_names(self) -> list[str]:
+        return [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+
+
+def unknown_options_message(remaining: list[str], known: list[str]) -> str:
+    """"unknown command-line option(s)" naming the closest real option for each misspelt flag."""
+    shown = []
+    for arg in remaining:
+        flag = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1) if flag.startswith("--") else []
+        shown.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    return f"unknown command-line option(s): {' '.join(shown)}"
+
+
+# One name for one thing across every entry point. Names an entry point used before, mapped to
+# today's; they keep working, with a notice (on the command line and in YAML files).
+RENAMED = {
+    "dataset": "dataset_name",  # evaluate.gsm8k took --dataset where the recipes take --dataset_name
+    "split": "dataset_split",
+}
+
+
+def _renamed(key: str, known: set[str]) -> str | None:
+    new = RENAMED.get(key)
+    return new if new is not None and key not in known and new in known else None
+
+
+def _apply_renames(argv: list[str], config: dict[str, Any] | None, known: set[str]) -> list[str]:
+    """Old option names -> today's, in argv and in the YAML mapping (in place), with one notice each."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and arg != "--config":
+            key, eq, value = arg[2:].partition("=")
+            new = _renamed(key, known)
+            if new is not None:
+                print(f"[args] --{key} is now --{new}; the old name still works")
+                arg = f"--{new}{eq}{value}"
+        out.append(arg)
+    for key in list(config or {}):
+        new = _renamed(key, known)
+        if new is not None:
+            print(f"[args] '{key}:' in the config is now '{new}:'; the old name still works")
+            config[new] = config.pop(key)
+    return out
 
 
 def parse_args(dataclass_types: list[type], argv: list[str] | None = None) -> tuple[Any, ...]:
     """`--config file.yaml` plus `--key value` overrides -> dataclasses, through TRL's parser.
 
-    Unknown YAML keys fail before any model is loaded, with the closest known names suggested.
+    The command-line contract of every entry point: unknown YAML keys and unknown flags fail before
+    any model is loaded, each with the closest known name suggested; flags are never abbreviated;
+    renamed options (`RENAMED`) still work, with a notice.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
+    config: dict[str, Any] | None = None
     if "--config" in argv:
         index = argv.index("--config")
         if index + 1 >= len(argv):
@@ -156,6 +205,9 @@ def parse_args(dataclass_types: list[type], argv: list[str] | None = None) -> tu
             raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(config, dict):
             raise UserError(f"{path} must be a YAML mapping of option: value")
+        del argv[index:index + 2]
+    argv = _apply_renames(argv, config, known)
+    if config is not None:
         unknown = sorted(set(config) - known - {"env"})
         if unknown:
             hints = []
@@ -163,12 +215,18 @@ def parse_args(dataclass_types: list[type], argv: list[str] | None = None) -> tu
                 close = difflib.get_close_matches(key, known, n=1)
                 hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
             raise UserError(f"unknown key(s) in {path}: {', '.join(hints)}. Remove them or fix the spelling.")
-    explicit = set(config) if "--config" in argv else set()
-    explicit |= {a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and a != "--config"}
+        env = config.pop("env", {}) or {}
+        if not isinstance(env, dict):
+            raise UserError(f"{path}: env must be a mapping of VARIABLE: value")
+        os.environ.update({k: str(v) for k, v in env.items()})
+    explicit = set(config or {})
+    explicit |= {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
     LAST_PARSE["explicit"] = explicit
     parser = _SharedFieldParser(dataclass_types)
     try:
-        return parser.parse_args_and_config(argv)
+        if config:
+            parser.set_defaults_with_config(**config)
+        return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # TRL/HF raise ValueError for bad values
         raise UserError(str(err).splitlines()[0]) from None
 

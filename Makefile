@@ -12,6 +12,8 @@ MODEL ?=
 NPROC ?=
 ACCELERATE ?=
 LAUNCH_ARGS ?=
+RUN ?=
+OUT ?=
 TINY := runs/tiny
 
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -35,7 +37,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 EMBEDDED = $(shell $(PY) -m recipes.embedded | tail -1)
 embedded_arg = $(if $(findstring demo,$(1)),--model_name_or_path $(or $(EMBEDDED),$(error recipes.embedded gave no model directory)))
 
-.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment demo demo-quick bench
+.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -102,6 +104,9 @@ eval-sentiment: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO policy before/after: 
 
 bench: $(STAMP) ## Unsloth vs HF speed/memory, GRPO + DPO -> bench/results/ (GPU: 0.5b,1.5b shapes; CPU: tiny) [ARGS="--shapes 3b"]
 	$(PY) -m bench.run $(ARGS)
+
+plot: $(STAMP) ## plot and compare runs from their metrics.jsonl, live ones too: RUN="runs/a runs/b" [OUT=dir] -> PNGs + summary.md
+	$(PY) -m evaluate.plots $(or $(RUN),$(error name the run directories: make plot RUN="runs/a runs/b")) $(if $(OUT),--out $(OUT))
 
 # The offline demo: every stage is one of the targets above, run by recipes/demo.py with the
 # configs/{eval,sft,grpo}/demo.yaml settings on the embedded model and synthetic problems.

@@ -80,6 +80,7 @@ _CJK_RE = re.compile(
     "\U00020000-\U0002fa1f]"
 )
 _TOKEN_RE = re.compile(r"\w+")
+DRIFT_THRESHOLD = 0.5  # a completion with less than half of its words Vietnamese has drifted
 
 
 def has_cjk(text: str) -> bool:
@@ -173,6 +174,12 @@ class LanguageCounts:
         ambiguous_vi = self.ambiguous * (self.vietnamese / decided if decided else 1.0)
         return (self.vietnamese + ambiguous_vi) / self.counted
 
+    def drifts(self, threshold: float = DRIFT_THRESHOLD) -> bool:
+        """A CJK character, or less than ``threshold`` of the counted words Vietnamese (a text of
+        numbers and formulas does not drift)."""
+        share = self.vietnamese_share
+        return self.cjk > 0 or (share is not None and share < threshold)
+
 
 def _words(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(), m.start(), m.end()) for m in _TOKEN_RE.finditer(text)]
@@ -228,12 +235,10 @@ def vietnamese_share(text: str, context: str | None = None) -> float | None:
     return analyze(text, context).vietnamese_share
 
 
-def drifts(text: str, context: str | None = None, threshold: float = 0.5) -> bool:
+def drifts(text: str, context: str | None = None, threshold: float = DRIFT_THRESHOLD) -> bool:
     """A completion drifts when it contains a CJK character or less than ``threshold`` of its
     counted words are Vietnamese (a text of numbers and formulas does not drift)."""
-    counts = analyze(text, context)
-    share = counts.vietnamese_share
-    return counts.cjk > 0 or (share is not None and share < threshold)
+    return analyze(text, context).drifts(threshold)
 
 
 def drift_metrics(completions: Sequence[str], contexts: Sequence[str | None] | None = None) -> dict[str, float]:
@@ -251,7 +256,7 @@ def drift_metrics(completions: Sequence[str], contexts: Sequence[str | None] | N
         share = counts.vietnamese_share
         if share is not None:
             shares.append(share)
-        drifting += counts.cjk > 0 or (share is not None and share < 0.5)
+        drifting += counts.drifts()
         cjk += counts.cjk > 0
     n = max(1, len(completions))
     return {"vi_word_share": sum(shares) / len(shares) if shares else 1.0, "drift_rate": drifting / n,

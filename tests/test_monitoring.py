@@ -49,7 +49,7 @@ def test_tensorboard_event_files_load_with_tensorboards_reader(grpo_runs):
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     for tag in ("train/reward", "train/rewards/correctness/mean", "train/kl", "train/time/generation",
-                "eval/accuracy"):
+                "eval/accuracy", "eval/vi_word_share", "eval/drift_rate"):
         assert tag in scalars, sorted(scalars)
     logged = {row["step"]: row["reward"] for row in train_rows(tb)}
     assert {e.step: e.value for e in events.Scalars("train/reward")} == pytest.approx(logged)

@@ -475,7 +475,8 @@ def summary_markdown(runs: Sequence[Run], pictures: Sequence[Path]) -> str:
                     continue
                 total = means.get("step")
                 share = f" ({100 * means[phase] / total:.0f} %)" if total and phase != "step" else ""
-                cells.append(f"{means[phase]:.2f} s{share}")
+                seconds = means[phase]
+                cells.append(f"{seconds:.2f} s{share}" if seconds >= 0.1 or seconds == 0 else f"{seconds:.3f} s{share}")
             lines.append(f"| {phase} | " + " | ".join(cells) + " |")
         lines.append("")
     notes = [note for run in runs for note in run.notes]

@@ -79,7 +79,7 @@ sft: $(STAMP) $(call tiny_dep,$(CONFIG)) ## SFT + chain-of-thought baseline: CON
 grpo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## GRPO on vi_gsm8k: CONFIG=configs/grpo/{qwen2.5-3b,qwen2.5-1.5b,qwen2.5-0.5b,tiny}.yaml [ARGS="--resume"]
 	$(LAUNCH) recipes.grpo --config $(or $(CONFIG),configs/grpo/qwen2.5-3b.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
 
-eval: $(STAMP) $(call tiny_dep,$(CONFIG)) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## vi_gsm8k accuracy -> runs/eval/comparison.md: MODEL=hub-id|dir|adapter [ARGS="--limit 100 --run_name sft"] or CONFIG=
+eval: $(STAMP) $(call tiny_dep,$(CONFIG)) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## vi_gsm8k accuracy + Vietnamese drift -> runs/eval/comparison.md: MODEL=hub-id|dir|adapter [ARGS="--limit 100 --run_name grpo --baseline sft"] or CONFIG=
 	$(PY) -m evaluate.gsm8k $(if $(CONFIG),--config $(CONFIG)) $(if $(MODEL),--model_name_or_path $(MODEL),$(call embedded_arg,$(CONFIG))) $(ARGS)
 
 dpo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## DPO on preference pairs: CONFIG=configs/dpo/{qwen2.5-3b,qwen2.5-1.5b,demo,tiny}.yaml [ARGS="--beta 0.2"]

@@ -12,6 +12,8 @@ MODEL ?=
 NPROC ?=
 ACCELERATE ?=
 LAUNCH_ARGS ?=
+RUN ?=
+OUT ?=
 TINY := runs/tiny
 
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -35,7 +37,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 EMBEDDED = $(shell $(PY) -m recipes.embedded | tail -1)
 embedded_arg = $(if $(findstring demo,$(1)),--model_name_or_path $(or $(EMBEDDED),$(error recipes.embedded gave no model directory)))
 
-.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment demo demo-quick bench chat export serve
+.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench chat export serve
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -77,7 +79,7 @@ sft: $(STAMP) $(call tiny_dep,$(CONFIG)) ## SFT + chain-of-thought baseline: CON
 grpo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## GRPO on vi_gsm8k: CONFIG=configs/grpo/{qwen2.5-3b,qwen2.5-1.5b,qwen2.5-0.5b,tiny}.yaml [ARGS="--resume"]
 	$(LAUNCH) recipes.grpo --config $(or $(CONFIG),configs/grpo/qwen2.5-3b.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
 
-eval: $(STAMP) $(call tiny_dep,$(CONFIG)) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## vi_gsm8k accuracy -> runs/eval/comparison.md: MODEL=hub-id|dir|adapter [ARGS="--limit 100 --run_name sft"] or CONFIG=
+eval: $(STAMP) $(call tiny_dep,$(CONFIG)) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## vi_gsm8k accuracy + Vietnamese drift -> runs/eval/comparison.md: MODEL=hub-id|dir|adapter [ARGS="--limit 100 --run_name grpo --baseline sft"] or CONFIG=
 	$(PY) -m evaluate.gsm8k $(if $(CONFIG),--config $(CONFIG)) $(if $(MODEL),--model_name_or_path $(MODEL),$(call embedded_arg,$(CONFIG))) $(ARGS)
 
 dpo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## DPO on preference pairs: CONFIG=configs/dpo/{qwen2.5-3b,qwen2.5-1.5b,demo,tiny}.yaml [ARGS="--beta 0.2"]
@@ -102,6 +104,9 @@ eval-sentiment: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO policy before/after: 
 
 bench: $(STAMP) ## Unsloth vs HF speed/memory, GRPO + DPO -> bench/results/ (GPU: 0.5b,1.5b shapes; CPU: tiny) [ARGS="--shapes 3b"]
 	$(PY) -m bench.run $(ARGS)
+
+plot: $(STAMP) ## plot and compare runs from their metrics.jsonl, live ones too: RUN="runs/a runs/b" [OUT=dir] -> PNGs + summary.md
+	$(PY) -m evaluate.plots $(or $(RUN),$(error name the run directories: make plot RUN="runs/a runs/b")) $(if $(OUT),--out $(OUT))
 
 # The offline demo: every stage is one of the targets above, run by recipes/demo.py with the
 # configs/{eval,sft,grpo}/demo.yaml settings on the embedded model and synthetic problems.

@@ -111,6 +111,13 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def drop_cut_character(text: str) -> str:
+    """A completion stopped by the token budget can end inside a character: byte-level tokenizers
+    spread one Vietnamese letter over two or three tokens, and decoding shows the missing bytes as
+    U+FFFD ("Nh\ufffd" for a cut "Nhà"). Cut at the last whole character instead."""
+    return text.rstrip("\ufffd")
+
+
 def completion_length(ids: Sequence[int], stops: set[int]) -> int:
     """Tokens up to and including the first stop token (all of them when none was produced)."""
     for i, token in enumerate(ids):
@@ -184,7 +191,8 @@ def _generate_vllm(model, tokenizer, texts, templated, settings, lora_path, prog
     outputs = model.fast_generate(requests, sampling_params=params, lora_request=lora_request, use_tqdm=progress)
     elapsed = time.perf_counter() - start
     return Generations(
-        texts=[[o.text for o in out.outputs] for out in outputs],
+        texts=[[drop_cut_character(o.text) if o.finish_reason == "length" else o.text for o in out.outputs]
+               for out in outputs],
         tokens=[[len(o.token_ids) for o in out.outputs] for out in outputs],
         elapsed=elapsed,
         backend="vllm",
@@ -242,7 +250,8 @@ def _generate_hf(model, tokenizer, texts, templated, settings, progress, desc) -
                     i = batch[row // k]
                     n = completion_length(ids, stop_set)
                     out_tokens[i].append(n)
-                    out_texts[i].append(tokenizer.decode(ids[:n], skip_special_tokens=True))
+                    text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+                    out_texts[i].append(drop_cut_character(text) if ids[n - 1] not in stop_set else text)
                 bar.update(len(batch))
             bar.close()
     finally:

@@ -17,6 +17,10 @@ Metrics (a problem with k samples counts each sample 1/k):
 - ``format_rate``: a ``#### <number>`` line is there (right or wrong).
 - ``pass@k`` / ``maj@k`` (k > 1): any sample right / the most frequent answer right.
 - ``mean_completion_tokens``: completion length, stop token included.
+- ``vi_word_share`` / ``drift_rate`` / ``cjk_rate``: Vietnamese drift (`rewards.language`, the
+  same analysis as the ``vietnamese`` reward): the mean share of a completion's words that are
+  Vietnamese, the share of completions that contain CJK characters or are mostly not Vietnamese,
+  and the share with CJK characters. Numbers, formulas and the question's own names do not count.
 - ``rouge1`` / ``rouge2`` / ``rougeL`` (F1, 0-1) and ``sacrebleu`` (0-100) of the reasoning (the
   completion minus its final answer line) against the reference explanation. ROUGE uses a
   tokenizer that keeps Vietnamese letters: rouge-score's default one deletes every non-ASCII
@@ -24,7 +28,8 @@ Metrics (a problem with k samples counts each sample 1/k):
 
 Writes ``predictions.jsonl``, ``metrics.json``, ``config.yaml`` and ``run_info.json`` into
 ``output_dir`` (default ``results_dir/run_name``; never overwritten) and updates
-``results_dir/comparison.md`` + ``comparison.png``.
+``results_dir/comparison.md`` + ``comparison.png``, whose paired differences are taken against
+``--baseline RUN`` (remembered; default: the first run recorded).
 
 `make_training_eval_callback` runs the same evaluation on a held-out subset at every checkpoint
 during SFT/GRPO training.
@@ -48,6 +53,7 @@ from typing import Any
 
 from data.files import write_jsonl_atomic
 from evaluate.stats import majority_vote
+from rewards.language import analyze, drift_metrics
 from rewards.math import (
     ANSWER_PREFIX,
     answers_match,
@@ -78,6 +84,9 @@ class EvalArguments:
         output_dir (`str` or `None`): where this run's files go; default `results_dir/run_name`.
             An existing, non-empty directory is never overwritten.
         results_dir (`str`, defaults to `"runs/eval"`): shared directory of the comparison table.
+        baseline (`str` or `None`): the run the comparison's paired differences are taken against
+            (a run already recorded in results_dir, or this run); remembered for later runs.
+            None: the one named before, else the first run recorded.
         batch_size (`int`, defaults to `8`): prompts per HF `generate` call.
         max_new_tokens (`int`, defaults to `512`): completion budget.
         num_samples (`int`, defaults to `1`): completions per problem; > 1 samples and reports
@@ -98,6 +107,9 @@ class EvalArguments:
     run_name: str | None = field(default=None, metadata={"help": "Row name in the comparison table."})
     output_dir: str | None = field(default=None, metadata={"help": "This run's directory (default results_dir/run_name)."})
     results_dir: str = field(default="runs/eval", metadata={"help": "Directory of the shared comparison table."})
+    baseline: str | None = field(
+        default=None, metadata={"help": "Run the comparison's paired differences are against (remembered)."}
+    )
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (HF path)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Completion budget in tokens."})
     num_samples: int = field(default=1, metadata={"help": "Completions per problem (>1: sampled, pass@k, maj@k)."})
@@ -130,11 +142,19 @@ def score_completion(completion: str, gold: str) -> dict[str, Any]:
     }
 
 
+def language_flags(completion: str, question: str | None = None) -> dict[str, Any]:
+    """``vi_share`` (share of the completion's words that are Vietnamese, None without words; the
+    question's own names do not count) and ``drift`` (CJK characters, or mostly not Vietnamese)."""
+    language = analyze(completion, question)
+    share = language.vietnamese_share
+    return {"vi_share": None if share is None else round(share, 4), "drift": language.drifts()}
+
+
 def score_problem(row: dict[str, Any], completions: Sequence[str], tokens: Sequence[int] | None = None) -> dict[str, Any]:
     """``row`` plus the scores of its completions (sample 0 at the top level; all of them under
     ``samples`` with the majority answer when there are several)."""
     gold = row["answer"]
-    scored = [score_completion(c, gold) for c in completions]
+    scored = [{**score_completion(c, gold), **language_flags(c, row.get("question"))} for c in completions]
     out = dict(row)
     out.update(completion=completions[0], **scored[0])
     if tokens is not None:
@@ -179,6 +199,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     tokens = [s["tokens"] for r in rows for s in _samples_of(r) if "tokens" in s]
     if tokens:
         metrics["mean_completion_tokens"] = _mean(tokens)
+    metrics.update(drift_metrics([s["completion"] for r in rows for s in _samples_of(r)],
+                                 [r.get("question") for r in rows for _ in _samples_of(r)]))
     if all(isinstance(r.get("explanation"), str) for r in rows):
         hyps = [reasoning_text(s["completion"]) for r in rows for s in _samples_of(r)]
         refs = [reasoning_text(r["explanation"]) for r in rows for _ in _samples_of(r)]
@@ -341,9 +363,10 @@ def argument_types() -> list[type]:
 
 def evaluate_model(argv: list[str] | None = None) -> None:
     """Load the model, generate, score, write the run directory and update the comparison."""
+    from data.common import is_local
     from data.vi_gsm8k import SYSTEM_PROMPT, load_vi_gsm8k
     from evaluate.generation import DecodingSettings, generate
-    from evaluate.report import record_result
+    from evaluate.report import load_results, record_result
     from recipes.common import (
         UserError,
         adapter_base,
@@ -374,6 +397,10 @@ def evaluate_model(argv: list[str] | None = None) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already holds an evaluation; pass --run_name NEW_NAME or --output_dir NEW_DIR "
                         "(nothing is overwritten)")
+    recorded = list(load_results(results_dir).get(TASK, {}))
+    if eargs.baseline is not None and eargs.baseline not in recorded + [run_name]:
+        raise UserError(f"--baseline {eargs.baseline}: no such run in {results_dir / 'results.json'} "
+                        f"(recorded: {', '.join(recorded) or 'none yet'}); evaluate it first, or name this run")
 
     system_prompt = SYSTEM_PROMPT if eargs.system_prompt is None else eargs.system_prompt
     dataset = load_vi_gsm8k(eargs.dataset, eargs.split, eargs.on_bad_rows, eargs.limit, eargs.seed, system_prompt)
@@ -428,12 +455,16 @@ def evaluate_model(argv: list[str] | None = None) -> None:
     write_jsonl_atomic(out / "predictions.jsonl", rows)
     write_json(out / "metrics.json", {"run_name": run_name, **metrics, **throughput, "settings": settings_record})
     write_run_info(str(out), margs, eargs)
+    dataset_name = eargs.dataset if is_local(eargs.dataset) else f"{eargs.dataset} ({eargs.split})"
     row = {**metrics, "problems_per_s": throughput["problems_per_s"], "decoding": settings.describe(),
+           "dataset": dataset_name, "limit": eargs.limit, "seed": eargs.seed,
            "predictions": _relative(out / "predictions.jsonl", results_dir)}
-    table = record_result(results_dir, TASK, run_name, row)
+    table = record_result(results_dir, TASK, run_name, row, baseline=eargs.baseline)
 
     headline = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"[eval] {run_name}: n={n}, {headline}")
+    print(f"[eval] Vietnamese: {metrics['vi_word_share']:.1%} of the words; {metrics['drift_rate']:.1%} of the "
+          f"completions drift to another language ({metrics['cjk_rate']:.1%} with CJK characters)")
     print(f"[eval] {n / gens.elapsed:.2f} problems/s, {throughput['tokens_per_s']:.1f} tokens/s ({gens.backend})")
     print(f"[eval] wrote {out}/predictions.jsonl, metrics.json; comparison: {table}")
 
@@ -483,7 +514,8 @@ def make_training_eval_callback(
     rows of ``dataset`` with the trainer's current model, then:
 
     - appends ``{"step", "epoch", "<prefix>accuracy", "<prefix>accuracy_strict",
-      "<prefix>format_rate", "<prefix>mean_completion_tokens", "<prefix>seconds", "n"}`` to
+      "<prefix>format_rate", "<prefix>mean_completion_tokens", "<prefix>vi_word_share",
+      "<prefix>drift_rate", "<prefix>seconds", "n"}`` to
       ``output_dir/train_eval.jsonl``;
     - adds the same metrics to ``trainer.state.log_history`` and, when ``trainer`` is given, hands
       them to every callback's ``on_log`` (so `recipes.common.JsonlMetricsCallback` writes them to
@@ -521,6 +553,7 @@ def make_training_eval_callback(
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     prompts, golds = list(dataset["prompt"]), list(dataset["answer"])
+    questions = list(dataset["question"]) if "question" in dataset.column_names else [None] * len(golds)
     settings = DecodingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
     path = Path(output_dir) / TRAIN_EVAL_FILE
 
@@ -534,14 +567,16 @@ def make_training_eval_callback(
             if not state.is_world_process_zero or model is None:
                 return
             gens = generate(model, tokenizer, prompts, settings, progress=False, backend="hf")
-            rows = [score_problem({"answer": g}, texts, tokens)
-                    for g, texts, tokens in zip(golds, gens.texts, gens.tokens, strict=True)]
+            rows = [score_problem({"answer": g, "question": q}, texts, tokens)
+                    for g, q, texts, tokens in zip(golds, questions, gens.texts, gens.tokens, strict=True)]
             metrics = aggregate(rows)
             logs = {
                 f"{prefix}accuracy": metrics["accuracy"],
                 f"{prefix}accuracy_strict": metrics["accuracy_strict"],
                 f"{prefix}format_rate": metrics["format_rate"],
                 f"{prefix}mean_completion_tokens": metrics["mean_completion_tokens"],
+                f"{prefix}vi_word_share": metrics["vi_word_share"],
+                f"{prefix}drift_rate": metrics["drift_rate"],
                 f"{prefix}seconds": round(gens.elapsed, 2),
             }
             path.parent.mkdir(parents=True, exist_ok=True)

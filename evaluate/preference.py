@@ -40,6 +40,7 @@ import torch
 
 from data.files import write_text_atomic
 from data.preference import DEFAULT_SOURCE, load_preference, resolve_system_prompt
+from evaluate.generation import drop_cut_character
 from evaluate.report import record_result
 from recipes.common import (
     ModelArguments,
@@ -230,7 +231,13 @@ def generate(model, tokenizer, instructions: list[str], system_prompt: str | Non
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     finally:
         model.train(was_training)
-    return [tokenizer.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out]
+    answers = []
+    for row in out.tolist():
+        new = row[batch["input_ids"].shape[1]:]
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        # Stopped by max_new_tokens rather than eos: the last character may be cut in half.
+        answers.append((text if tokenizer.eos_token_id in new else drop_cut_character(text)).strip())
+    return answers
 
 
 def side_by_side(model, tokenizer, states: dict[str, str], instructions: list[str], system_prompt: str | None,
@@ -250,11 +257,17 @@ def side_by_side(model, tokenizer, states: dict[str, str], instructions: list[st
     return "\n".join(lines)
 
 
+def held_out_description(dataset_name: str, test_size: float, split_seed: int) -> str:
+    """What a preference evaluation scored, for the comparison table: the pairs' source and split."""
+    return f"{dataset_name} held-out (test_size {test_size:g}, seed {split_seed})"
+
+
 def report(model, tokenizer, pairs, states: dict[str, str], out_dir: str | Path, results_dir: str | Path,
            beta: float = 0.1, reference_state: str | None = None, batch_size: int = 4,
            max_length: int | None = 1024, generations: int = 4, system_prompt: str | None = None,
-           max_new_tokens: int = 128) -> dict[str, dict[str, float]]:
-    """Score `pairs` in each state, write `preference_eval.json` (+ generations) to `out_dir`, record in `results_dir`."""
+           max_new_tokens: int = 128, dataset: str | None = None) -> dict[str, dict[str, float]]:
+    """Score `pairs` in each state, write `preference_eval.json` (+ generations) to `out_dir`, record in
+    `results_dir` (``dataset`` names the pairs there: `held_out_description`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_states(model, tokenizer, pairs, states, beta=beta, reference_state=reference_state,
@@ -262,7 +275,7 @@ def report(model, tokenizer, pairs, states: dict[str, str], out_dir: str | Path,
     for name, m in metrics.items():
         shown = ", ".join(f"{k}={v}" for k, v in m.items() if k != "pairs")
         print(f"[eval] {name} ({m['pairs']} held-out pairs): {shown}")
-        record_result(results_dir, TASK, name, m)
+        record_result(results_dir, TASK, name, {**m, **({"dataset": dataset} if dataset else {})})
     write_json(out_dir / "preference_eval.json", {"beta": beta, "states": states, "metrics": metrics})
     if generations > 0:
         md = side_by_side(model, tokenizer, states, VI_INSTRUCTIONS[:generations], system_prompt, max_new_tokens)
@@ -341,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     report(model, tokenizer, list(pairs), states, out_dir, args.results_dir, beta=args.beta,
            reference_state="base" if base is not None else None, batch_size=args.batch_size,
            max_length=args.max_length, generations=args.generations,
-           system_prompt=resolve_system_prompt(args.system_prompt), max_new_tokens=args.max_new_tokens)
+           system_prompt=resolve_system_prompt(args.system_prompt), max_new_tokens=args.max_new_tokens,
+           dataset=held_out_description(args.dataset_name, args.test_size, args.split_seed))
     print(json.dumps({"run": run_name, "output_dir": out_dir}, ensure_ascii=False))
 
 

@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = predictions[run_name]
         metrics = summarize(rows, scorer.labels, perplexities[run_name])
         metrics.update(model=path, reward_model=sargs.reward_model, reward=f"{sargs.reward_score} of {scorer.label}",
-                       reference_model=reference or None, n_prompts=len(prompts))
+                       reference_model=reference or None, n_prompts=len(prompts),
+                       dataset=f"{sargs.dataset_name} ({sargs.dataset_eval_split} prompts)")
         out = Path(eargs.eval_output_dir) / run_name
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl_atomic(out / "predictions.jsonl", rows)

@@ -293,19 +293,6 @@ def diff_line(row: dict[str, Any]) -> str:
             f"{row['p_text']}): {row['verdict']}")
 
 
-def last_per_step(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
-    """(step, value) for rows holding ``key``, the last record of a step winning (a resumed run
-    logs the steps after its checkpoint again)."""
-    by_step = {row["step"]: row[key] for row in rows if isinstance(row.get(key), (int, float))}
-    return sorted(by_step.items())
-
-
-def running_mean(values: list[float], window: int) -> list[float]:
-    """Mean of the last ``window`` values at each position (fewer at the start)."""
-    return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
-            for i in range(len(values))]
-
-
 def sft_accuracy_on_training_subset(out: Path) -> tuple[float, int] | None:
     """The SFT model's greedy accuracy on the held-out subset the GRPO callback evaluates, for
     the curve's step 0 (the callback runs at checkpoints only)."""
@@ -324,51 +311,12 @@ def sft_accuracy_on_training_subset(out: Path) -> tuple[float, int] | None:
 
 def plot_curve(out: Path) -> Path:
     """grpo_curve.png: training reward per step (and its running mean) and the held-out accuracy
-    measured at each checkpoint."""
-    import matplotlib
+    measured at each checkpoint, from the SFT model's at step 0 - `make plot`'s overview picture."""
+    from evaluate.plots import load_run, plot_overview
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    logs = read_jsonl(out / "grpo" / "metrics.jsonl")
-    reward = last_per_step(logs, "reward")
-    correct = last_per_step(logs, "rewards/correctness/mean")
-    held = last_per_step(read_jsonl(out / "grpo" / "train_eval.jsonl"), "eval_accuracy")
+    run = load_run(out / "grpo", label="grpo")
     start = sft_accuracy_on_training_subset(out)
-    if start is not None:
-        held = [(0, start[0])] + held
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    if reward:
-        steps, values = zip(*reward, strict=True)
-        window = max(1, len(values) // 8)
-        ax1.plot(steps, values, color="0.75", lw=1, label="reward per step")
-        ax1.plot(steps, running_mean(values, window), color="C0", lw=2, label=f"reward, running mean of {window}")
-    if correct:
-        steps, values = zip(*correct, strict=True)
-        ax1.plot(steps, running_mean(values, max(1, len(values) // 8)), color="C2", lw=1.5, ls="--",
-                 label="its correctness part, running mean")
-    ax1.set_xlabel("GRPO step")
-    ax1.set_ylabel("reward on training problems (sampled)")
-    ax1.set_title("GRPO training reward")
-    ax1.legend(fontsize=8)
-    if held:
-        steps, values = zip(*held, strict=True)
-        ax2.plot(steps, values, marker="o", color="C1")
-        for s, v in held:
-            ax2.annotate(f"{v:.2f}", (s, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    n = read_jsonl(out / "grpo" / "train_eval.jsonl")[-1]["n"] if held else 0
-    ax2.set_xlabel("GRPO step (0 = the SFT model)")
-    ax2.set_ylabel("held-out accuracy (greedy)")
-    ax2.set_title(f"held-out accuracy on {n} test problems at each checkpoint")
-    ax2.set_ylim(0, 1)
-    fig.tight_layout()
-    path = out / CURVE
-    tmp = out / f".{CURVE}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return plot_overview([run], out / CURVE, start={"grpo": start} if start else None, start_label="the SFT model")
 
 
 def examples(out: Path, k: int = 5, seed: int = 0) -> list[dict[str, Any]]:

@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=targs.per_device_eval_batch_size, max_length=targs.max_length,
         generations=pargs.eval_generations, system_prompt=resolve_system_prompt(pargs.system_prompt),
         max_new_tokens=pargs.eval_max_new_tokens,
+        dataset=pref_eval.held_out_description(pargs.dataset_name, pargs.test_size, pargs.split_seed),
     )
 
 

@@ -19,8 +19,8 @@ start from a hub model, a merged model directory or an SFT adapter directory.
 
 Metrics in `<output_dir>/metrics.jsonl` (one row per logging step): `reward` (weighted sum),
 `rewards/<name>/mean` and `/std` per reward function, `frac_reward_zero_std` (groups that teach
-nothing), `completions/mean_length`, `completions/clipped_ratio`, `entropy`, and `kl` when
-`beta > 0`.
+nothing), `completions/mean_length`, `completions/clipped_ratio`, `entropy`, `kl` when `beta > 0`, and
+where the step's time went (`time/generation`, `time/reward`, ...: `recipes/timing.py`).
 """
 
 import recipes.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
@@ -51,6 +51,7 @@ from recipes.common import (
     save_final,
     write_run_info,
 )
+from recipes.timing import attach_grpo_step_timer
 from rewards import get_reward_funcs
 
 
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard(what="the policy")],
     )
+    attach_grpo_step_timer(trainer)  # time/generation, time/reward, ... per step in metrics.jsonl
     if eval_dataset is not None:
         trainer.add_callback(make_training_eval_callback(
             eval_dataset, tokenizer, training_args.output_dir, limit=script_args.eval_limit,

@@ -26,7 +26,7 @@ How the pieces fit TRL's PPOTrainer:
 
 Output: `output_dir/model` (or `adapter` [+ `merged`]), `samples.jsonl` (prompt, response and
 reward on fixed held-out prompts every `sample_every` updates), `metrics.jsonl` (TRL's PPO
-statistics per update), `metrics.json` (summary), `config.yaml`, `run_info.json`.
+statistics per update, and the rollout/update split of its time: `recipes/timing.py`), `metrics.json` (summary), `config.yaml`, `run_info.json`.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ from recipes.common import (
     write_json,
     write_run_info,
 )
+from recipes.timing import attach_ppo_step_timer
 from rewards.sentiment import SCORES, SentimentScorer, TextRewardAdapter
 
 
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=eval_ds,
         callbacks=callbacks,
     )
+    attach_ppo_step_timer(trainer)  # time/rollout, time/update, ... per update in metrics.jsonl
     print(f"[ppo] {pargs.num_total_batches} updates of {pargs.batch_size} episodes, response length "
           f"{pargs.response_length}, kl_coef {pargs.kl_coef}, reference: "
           f"{'the policy with its LoRA adapter disabled' if ref_model is None else 'separate frozen copy'}")

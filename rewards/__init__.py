@@ -22,6 +22,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from rewards.language import vietnamese
 from rewards.math import (
     correctness,
     correctness_strict,
@@ -46,6 +47,9 @@ REWARDS: dict[str, Callable[..., list[float | None]]] = {
     "tag_count": tag_count,
     "repetition_penalty": repetition_penalty,
     "length_penalty": make_length_penalty(DEFAULT_MAX_CHARS),
+    # Share of the completion's words that are Vietnamese (rewards/language.py): against drifting
+    # into Chinese or English mid-reasoning.
+    "vietnamese": vietnamese,
 }
 
 # Factories for parameterised rewards ("name:args"). A value given as a "module:function" string

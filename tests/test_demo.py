@@ -7,7 +7,7 @@ import re
 import pytest
 
 import recipes.demo as demo_module
-from recipes.demo import choose_threads, last_per_step, verdict
+from recipes.demo import choose_threads, verdict
 from tests.conftest import run_entry
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # tiny matrices: one thread is faster and shares the CPU better
@@ -148,12 +148,6 @@ def test_threads_given_by_the_user_win(monkeypatch):
     assert choose_threads("3") == "3"
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert choose_threads("auto") == "2"
-
-
-def test_last_per_step_keeps_the_rerun_of_a_resumed_step():
-    rows = [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.2}, {"step": 2, "reward": 0.3},
-            {"step": 3, "loss": 1.0}, {"step": 3, "reward": None}]
-    assert last_per_step(rows, "reward") == [(1, 0.1), (2, 0.3)]
 
 
 @pytest.mark.slow

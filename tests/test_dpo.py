@@ -43,6 +43,17 @@ def test_make_dpo_tiny_with_sft_pass_writes_the_run_and_resumes_exactly(tmp_path
     table = json.loads((results / "results.json").read_text(encoding="utf-8"))["preference"]
     assert list(table) == ["qwen2", "run-sft", "run"] and table["run"]["pairs"] == 12
     assert "reward_accuracy" in table["run"] and "reward_accuracy" not in table["run-sft"]
+    assert table["run"]["dataset"] == f"{FIXTURE.relative_to(ROOT)} held-out (test_size 0.25, seed 0)"
+
+    # `make eval-preference` of the same model on other held-out pairs, into the same table: the
+    # recipe's rows stay, the new ones are added beside them.
+    from evaluate import preference as pe
+
+    pe.main(["--model_name_or_path", str(out / "adapter"), "--dataset_name", str(FIXTURE), "--test_size", "4",
+             "--results_dir", str(results), "--generations", "0", "--system_prompt", "en"])
+    table = json.loads((results / "results.json").read_text(encoding="utf-8"))["preference"]
+    assert list(table) == ["qwen2", "run-sft", "run", "qwen2 (2)", "run (2)"]
+    assert table["run"]["pairs"] == 12 and table["run (2)"]["pairs"] == 4
 
     # Resume from the step-2 checkpoint: steps 3-4 must repeat the uninterrupted run exactly. (TRL keeps
     # the SFT adapter as a second "ref" adapter; transformers 5.17 alone would restart the trained one.)

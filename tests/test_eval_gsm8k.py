@@ -208,6 +208,7 @@ def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lor
     proc = run_entry(["make", "eval", f"MODEL={tiny_models / 'qwen2'}", f"ARGS={common} --run_name base --dtype float32"],
                      env=ENV)
     assert "problems/s" in proc.stdout
+    assert "[eval] Vietnamese: " in proc.stdout and "of the completions drift to another language" in proc.stdout
     base_dir = res / "base"
     preds = _read_jsonl(base_dir / "predictions.jsonl")
     assert len(preds) == 6
@@ -217,7 +218,9 @@ def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lor
     assert metrics["n"] == 6 and metrics["settings"]["decoding"] == "greedy" and metrics["settings"]["seed"] == 1
     assert metrics["accuracy"] == pytest.approx(sum(p["correct"] for p in preds) / 6)
     assert metrics["problems_per_s"] > 0 and metrics["elapsed_s"] > 0
-    assert {"rouge1", "rouge2", "rougeL", "sacrebleu", "format_rate", "accuracy_strict"} <= set(metrics)
+    assert {"rouge1", "rouge2", "rougeL", "sacrebleu", "format_rate", "accuracy_strict", "vi_word_share",
+            "drift_rate", "cjk_rate"} <= set(metrics)
+    assert all({"vi_share", "drift"} <= set(p) for p in preds)
     assert (base_dir / "config.yaml").is_file() and (base_dir / "run_info.json").is_file()
     assert not any(p.name.endswith(".tmp") for p in base_dir.iterdir())
     # The same seeded subset as the data module's --limit/--seed.
@@ -227,7 +230,8 @@ def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lor
 
     # 2. A LoRA adapter directory, plain HF backend, two samples per problem.
     run_entry(["python", "-m", "evaluate.gsm8k", "--model_name_or_path", str(lora_adapter), "--backend", "hf",
-               *common.split(), "--run_name", "lora", "--num_samples", "2", "--temperature", "1.0"], env=ENV)
+               *common.split(), "--run_name", "lora", "--num_samples", "2", "--temperature", "1.0",
+               "--baseline", "lora"], env=ENV)
     lora = _read_jsonl(res / "lora" / "predictions.jsonl")
     assert [p["question"] for p in lora] == [p["question"] for p in preds]
     assert all(len(p["samples"]) == 2 and "maj_pred" in p for p in lora)
@@ -237,15 +241,19 @@ def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lor
     # The adapter was applied: its completions are not the base model's.
     assert [p["completion"] for p in lora] != [p["completion"] for p in preds]
 
-    # 3. The comparison: both rows, the paired interval, the chart.
+    # 3. The comparison: both rows, the paired interval against the baseline the user named (not
+    # the first run recorded), the dataset actually scored, the chart.
     md = (res / "comparison.md").read_text(encoding="utf-8")
+    assert f"## gsm8k on {FIXTURE}" in md
     assert "| base | 6 |" in md and "| lora | 6 |" in md
-    assert "vs **base**" in md and "| lora | 6 |" in md.split("Paired difference")[1]
+    paired = md.split("Paired difference")[1]
+    assert "vs **lora** (the baseline named with --baseline)" in paired and "| base | 6 |" in paired
     assert (res / "comparison.png").read_bytes().startswith(b"\x89PNG")
 
     # 4. Re-scoring the predictions without a model gives the same numbers.
     rescored = aggregate(score_file(res / "lora" / "predictions.jsonl")[0])
-    for key in ("accuracy", "accuracy_strict", "format_rate", "pass@2", "maj@2", "rouge1", "sacrebleu"):
+    for key in ("accuracy", "accuracy_strict", "format_rate", "pass@2", "maj@2", "rouge1", "sacrebleu", "vi_word_share",
+                "drift_rate"):
         assert rescored[key] == pytest.approx(lora_metrics[key]), key
 
     # 5. An existing eval directory is never overwritten (checked before any model is loaded).
@@ -253,6 +261,8 @@ def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lor
     with pytest.raises(UserError, match="--run_name NEW_NAME or --output_dir NEW_DIR"):
         evaluate_model(["--model_name_or_path", "no/such-model", *common.split(), "--run_name", "base"])
     assert (base_dir / "predictions.jsonl").read_bytes() == before
+    with pytest.raises(UserError, match="--baseline sft: no such run"):  # a misspelt baseline, before any work
+        evaluate_model(["--model_name_or_path", "no/such-model", *common.split(), "--run_name", "x", "--baseline", "sft"])
 
 
 # ------------------------------------------------------------------ generation and training eval

@@ -71,3 +71,65 @@ def test_report_cli_rerenders_with_another_baseline(tmp_path):
     md = (tmp_path / "comparison.md").read_text(encoding="utf-8")
     assert "vs **sft**" in md and "vs **sft**" in proc.stdout
     assert "| base | 10 | -0.500 |" in md and "| grpo | 10 | +0.300 |" in md
+
+
+def test_a_named_baseline_is_used_and_remembered(tmp_path, capsys):
+    for name, correct in (("sft", [1] * 5 + [0] * 5), ("my-grpo", [1] * 8 + [0] * 2)):
+        _predictions(tmp_path / name / "predictions.jsonl", correct)
+    record_result(tmp_path, "gsm8k", "my-grpo", {"accuracy": 0.8, "predictions": "my-grpo/predictions.jsonl"})
+    # sft evaluated second, but named as the baseline: "my-grpo vs sft", not the other way round.
+    md = record_result(tmp_path, "gsm8k", "sft", {"accuracy": 0.5, "predictions": "sft/predictions.jsonl"},
+                       baseline="sft").read_text(encoding="utf-8")
+    assert "vs **sft** (the baseline named with --baseline)" in md and "| my-grpo | 10 | +0.300 |" in md
+    # A later run recorded without --baseline keeps it.
+    _predictions(tmp_path / "base" / "predictions.jsonl", [0] * 10)
+    md = record_result(tmp_path, "gsm8k", "base", {"accuracy": 0.0, "predictions": "base/predictions.jsonl"})
+    assert "vs **sft**" in md.read_text(encoding="utf-8")
+    # Without any named baseline the heading says it is the first run recorded.
+    other = tmp_path / "other"
+    for name in ("a", "b"):
+        _predictions(other / name / "predictions.jsonl", [1, 0, 1, 0])
+        record_result(other, "gsm8k", name, {"accuracy": 0.5, "predictions": f"{name}/predictions.jsonl"})
+    assert "vs **a** (the first run recorded; name another with --baseline)" in (other / "comparison.md").read_text()
+    # The command line: an unknown baseline is one clear line, not a silent fallback.
+    proc = run_entry(["python", "-m", "evaluate.report", str(tmp_path), "--baseline", "grpo"], check=False)
+    assert proc.returncode == 2 and "no run named 'grpo'" in proc.stderr and "my-grpo" in proc.stderr
+
+
+def test_rows_are_never_silently_dropped(tmp_path, capsys):
+    # The DPO recipe scored its held-out pairs; a later preference evaluation of the same model on
+    # other pairs must not replace those rows.
+    training = {"dataset": "pairs.jsonl held-out (test_size 0.25, seed 0)", "pairs": 6, "preference_accuracy": 0.5}
+    later = {"dataset": "pairs.jsonl held-out (test_size 0.1, seed 0)", "pairs": 3, "preference_accuracy": 1.0}
+    for row in (training, later):
+        record_result(tmp_path, "preference", "Qwen2.5-3B", row)
+        record_result(tmp_path, "preference", "dpo", row)
+    runs = load_results(tmp_path)["preference"]
+    assert list(runs) == ["Qwen2.5-3B", "dpo", "Qwen2.5-3B (2)", "dpo (2)"]
+    assert runs["dpo"] == training and runs["dpo (2)"] == later
+    out = capsys.readouterr().out
+    assert "'dpo' already has a row from another evaluation (dataset" in out and "as 'dpo (2)'" in out
+    md = (tmp_path / "comparison.md").read_text(encoding="utf-8")
+    assert "## preference on 2 datasets (see the table)" in md and "| dpo (2) | 3 | 1.000 | pairs.jsonl held-out (test_size 0.1, seed 0) |" in md
+    # The same evaluation run again replaces its own row, and says so.
+    record_result(tmp_path, "preference", "dpo", {**training, "preference_accuracy": 0.75})
+    assert load_results(tmp_path)["preference"]["dpo"]["preference_accuracy"] == 0.75
+    assert "replaced the earlier row of 'dpo'" in capsys.readouterr().out
+    # A row whose predictions were deleted (the user removed that evaluation to redo it) is replaced.
+    _predictions(tmp_path / "sft" / "predictions.jsonl", [1, 0])
+    record_result(tmp_path, "gsm8k", "sft", {"n": 2, "dataset": "a.jsonl", "predictions": "sft/predictions.jsonl"})
+    (tmp_path / "sft" / "predictions.jsonl").unlink()
+    _predictions(tmp_path / "sft2" / "predictions.jsonl", [1, 1, 1])
+    record_result(tmp_path, "gsm8k", "sft", {"n": 3, "dataset": "b.jsonl", "predictions": "sft2/predictions.jsonl"})
+    assert list(load_results(tmp_path)["gsm8k"]) == ["sft"]
+
+
+def test_titles_name_the_dataset_scored(tmp_path):
+    md = record_result(tmp_path, "gsm8k", "base", {"n": 200, "accuracy": 0.1, "dataset": "runs/demo/data/test.jsonl"})
+    text = md.read_text(encoding="utf-8")
+    assert "## gsm8k on runs/demo/data/test.jsonl" in text
+    assert "| run | n | accuracy | dataset |" in text  # the dataset is a column too
+    from evaluate.report import task_title
+
+    assert task_title("gsm8k", {"a": {"dataset": "hllj/vi_gsm8k (test)"}}) == "gsm8k on hllj/vi_gsm8k (test)"
+    assert task_title("sentiment", {"a": {}}) == "sentiment"

@@ -120,7 +120,6 @@ demo-quick: $(STAMP) $(TINY)/.complete ## the demo's plumbing on the tiny random
 # adapter or a merged model; empty means the embedded SmolLM2-135M-Instruct.
 FORMAT ?= gguf
 QUANT ?=
-OUT ?=
 model_dep = $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete)
 
 chat: $(STAMP) $(model_dep) ## Gradio chat page on 127.0.0.1:7860, streamed replies: MODEL=dir|adapter|hub-id [ARGS="--port 7861 --do_sample true"]

@@ -35,7 +35,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 EMBEDDED = $(shell $(PY) -m recipes.embedded | tail -1)
 embedded_arg = $(if $(findstring demo,$(1)),--model_name_or_path $(or $(EMBEDDED),$(error recipes.embedded gave no model directory)))
 
-.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment demo demo-quick bench
+.PHONY: help install test test-slow lint tiny-models data data-report sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment demo demo-quick bench
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -70,6 +70,18 @@ data: $(DATA_DIR)/vi_gsm8k-train.jsonl $(DATA_DIR)/vi_gsm8k-test.jsonl ## prepar
 
 $(DATA_DIR)/vi_gsm8k-%.jsonl: | $(STAMP)
 	$(PY) -m data.vi_gsm8k --source $(SOURCE) --split $* --out $@
+
+# A report on any source before training on it (data/report.py): rows kept/skipped, token lengths in
+# MODEL's tokens and the limits they imply, duplicates, and contamination of TEST by SOURCE.
+# MODEL=embedded counts in the embedded SmolLM2's tokens; OUT is never overwritten.
+TEST ?=
+KIND ?= math
+COLUMNS ?=
+OUT ?= runs/data-report
+report_model = $(if $(filter embedded,$(MODEL)),$(or $(EMBEDDED),$(error recipes.embedded gave no model directory)),$(MODEL))
+
+data-report: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## lengths, bad rows, duplicates, contamination -> runs/data-report/report.md: SOURCE=file|hub-id [TEST=file MODEL=embedded|dir|hub-id KIND=math|preference|feedback COLUMNS=question=cau_hoi,... OUT=dir]
+	$(PY) -m data.report --source '$(SOURCE)' --kind $(KIND) --out '$(OUT)' $(if $(TEST),--test '$(TEST)') $(if $(COLUMNS),--columns '$(COLUMNS)') $(if $(MODEL),--model '$(report_model)') $(ARGS)
 
 sft: $(STAMP) $(call tiny_dep,$(CONFIG)) ## SFT + chain-of-thought baseline: CONFIG=configs/sft/{qwen2.5-3b,tiny}.yaml [ARGS="--resume"]
 	$(LAUNCH) recipes.sft --config $(or $(CONFIG),configs/sft/qwen2.5-3b.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)

@@ -25,6 +25,7 @@ from trl import ModelConfig, TrlParser
 from data.common import DataError
 from data.files import write_json_atomic as write_json
 from data.files import write_text_atomic
+from recipes.embedded import EmbeddedModelError, resolve_model_name
 
 
 class UserError(Exception):
@@ -35,7 +36,7 @@ def run_cli(main, argv: list[str] | None = None) -> None:
     """Run a recipe's `main(argv)`, turning user mistakes into one clear line and exit code 2."""
     try:
         main(argv)
-    except (UserError, DataError) as err:
+    except (UserError, DataError, EmbeddedModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -273,9 +274,10 @@ def load_model_and_tokenizer(margs: ModelArguments, seed: int = 42, for_training
     base is loaded and the adapter continues training). Returns `(model, tokenizer)`; prints one
     line saying which backend, device and precision were chosen.
     """
+    margs.model_name_or_path = resolve_model_name(margs.model_name_or_path)  # "embedded" -> its directory
     name = os.path.expanduser(margs.model_name_or_path or "")
     if not name:
-        raise UserError("model_name_or_path is not set: give a hub id or a local model directory")
+        raise UserError("model_name_or_path is not set: give a hub id, a local model directory or `embedded`")
     if is_local_path(name) and not os.path.exists(name):
         raise UserError(f"model path not found: {name} (check the path, or run `make tiny-models` for the tiny configs)")
     device = check_device(margs)

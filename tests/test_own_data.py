@@ -102,7 +102,8 @@ def test_columns_and_bad_rows_out_reach_every_loader_and_a_failed_run_leaves_no_
                                                "--bad_rows_out", str(bad_rows)], capsys)
     assert loaded in stdout  # the data was read with the user's column names...
     saved = [json.loads(line) for line in bad_rows.read_text(encoding="utf-8").splitlines()]
-    assert saved and all(r["where"].startswith("line ") for r in saved)  # ...and its bad rows saved
+    assert saved and all(r["where"].startswith("line ") for r in saved)  # ...and its bad rows saved,
+    assert set(saved[0]["row"]) & {"cau_hoi", "cau", "tot"}  # as the user's file has them
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1, stderr
     assert not out.exists()  # the run stopped before saving anything: no empty run folder

@@ -74,15 +74,15 @@ $(DATA_DIR)/vi_gsm8k-%.jsonl: | $(STAMP)
 
 # A report on any source before training on it (data/report.py): rows kept/skipped, token lengths in
 # MODEL's tokens and the limits they imply, duplicates, and contamination of TEST by SOURCE.
-# MODEL=embedded counts in the embedded SmolLM2's tokens; OUT is never overwritten.
+# MODEL=embedded counts in the embedded SmolLM2's tokens; OUT (default runs/data-report) is never
+# overwritten.
 TEST ?=
 KIND ?= math
 COLUMNS ?=
-OUT ?= runs/data-report
 report_model = $(if $(filter embedded,$(MODEL)),$(or $(EMBEDDED),$(error recipes.embedded gave no model directory)),$(MODEL))
 
 data-report: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## lengths, bad rows, duplicates, contamination -> runs/data-report/report.md: SOURCE=file|hub-id [TEST=file MODEL=embedded|dir|hub-id KIND=math|preference|feedback COLUMNS=question=cau_hoi,... OUT=dir]
-	$(PY) -m data.report --source '$(SOURCE)' --kind $(KIND) --out '$(OUT)' $(if $(TEST),--test '$(TEST)') $(if $(COLUMNS),--columns '$(COLUMNS)') $(if $(MODEL),--model '$(report_model)') $(ARGS)
+	$(PY) -m data.report --source '$(SOURCE)' --kind $(KIND) --out '$(or $(OUT),runs/data-report)' $(if $(TEST),--test '$(TEST)') $(if $(COLUMNS),--columns '$(COLUMNS)') $(if $(MODEL),--model '$(report_model)') $(ARGS)
 
 sft: $(STAMP) $(call tiny_dep,$(CONFIG)) ## SFT + chain-of-thought baseline: CONFIG=configs/sft/{qwen2.5-3b,tiny}.yaml [ARGS="--resume"]
 	$(LAUNCH) recipes.sft --config $(or $(CONFIG),configs/sft/qwen2.5-3b.yaml) $(ARGS)

@@ -31,13 +31,14 @@ endif
 
 # Tiny configs point at offline random models; build them first when one is used.
 tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
-# Demo configs run on the embedded SmolLM2-135M-Instruct (converted once, cached outside the repo).
-# EMBEDDED is a recursive variable: `python -m recipes.embedded` runs only when a demo config
-# expands it, and its last stdout line is the model directory.
+# Configs that say `model_name_or_path: embedded` (the demo configs, and any copy of them) run on
+# the embedded SmolLM2-135M-Instruct: the model loader resolves the name itself (recipes/embedded.py,
+# converted once, cached outside the repo). EMBEDDED is a recursive variable for the targets that
+# need the directory here (data-report MODEL=embedded): `python -m recipes.embedded` runs only when
+# one expands it, and its last stdout line is the model directory.
 EMBEDDED = $(shell $(PY) -m recipes.embedded | tail -1)
-embedded_arg = $(if $(findstring demo,$(1)),--model_name_or_path $(or $(EMBEDDED),$(error recipes.embedded gave no model directory)))
 
-.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench chat export serve
+.PHONY: help install test test-slow lint tiny-models data data-report sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench chat export serve
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -73,17 +74,29 @@ data: $(DATA_DIR)/vi_gsm8k-train.jsonl $(DATA_DIR)/vi_gsm8k-test.jsonl ## prepar
 $(DATA_DIR)/vi_gsm8k-%.jsonl: | $(STAMP)
 	$(PY) -m data.vi_gsm8k --source $(SOURCE) --split $* --out $@
 
+# A report on any source before training on it (data/report.py): rows kept/skipped, token lengths in
+# MODEL's tokens and the limits they imply, duplicates, and contamination of TEST by SOURCE.
+# MODEL=embedded counts in the embedded SmolLM2's tokens; OUT (default runs/data-report) is never
+# overwritten.
+TEST ?=
+KIND ?= math
+COLUMNS ?=
+report_model = $(if $(filter embedded,$(MODEL)),$(or $(EMBEDDED),$(error recipes.embedded gave no model directory)),$(MODEL))
+
+data-report: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## lengths, bad rows, duplicates, contamination -> runs/data-report/report.md: SOURCE=file|hub-id [TEST=file MODEL=embedded|dir|hub-id KIND=math|preference|feedback COLUMNS=question=cau_hoi,... OUT=dir]
+	$(PY) -m data.report --source '$(SOURCE)' --kind $(KIND) --out '$(or $(OUT),runs/data-report)' $(if $(TEST),--test '$(TEST)') $(if $(COLUMNS),--columns '$(COLUMNS)') $(if $(MODEL),--model '$(report_model)') $(ARGS)
+
 sft: $(STAMP) $(call tiny_dep,$(CONFIG)) ## SFT + chain-of-thought baseline: CONFIG=configs/sft/{qwen2.5-3b,tiny}.yaml [ARGS="--resume"]
-	$(LAUNCH) recipes.sft --config $(or $(CONFIG),configs/sft/qwen2.5-3b.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
+	$(LAUNCH) recipes.sft --config $(or $(CONFIG),configs/sft/qwen2.5-3b.yaml) $(ARGS)
 
 grpo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## GRPO on vi_gsm8k: CONFIG=configs/grpo/{qwen2.5-3b,qwen2.5-1.5b,qwen2.5-0.5b,tiny}.yaml [ARGS="--resume"]
-	$(LAUNCH) recipes.grpo --config $(or $(CONFIG),configs/grpo/qwen2.5-3b.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
+	$(LAUNCH) recipes.grpo --config $(or $(CONFIG),configs/grpo/qwen2.5-3b.yaml) $(ARGS)
 
 eval: $(STAMP) $(call tiny_dep,$(CONFIG)) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## vi_gsm8k accuracy + Vietnamese drift -> runs/eval/comparison.md: MODEL=hub-id|dir|adapter [ARGS="--limit 100 --run_name grpo --baseline sft"] or CONFIG=
-	$(PY) -m evaluate.gsm8k $(if $(CONFIG),--config $(CONFIG)) $(if $(MODEL),--model_name_or_path $(MODEL),$(call embedded_arg,$(CONFIG))) $(ARGS)
+	$(PY) -m evaluate.gsm8k $(if $(CONFIG),--config $(CONFIG)) $(if $(MODEL),--model_name_or_path $(MODEL)) $(ARGS)
 
 dpo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## DPO on preference pairs: CONFIG=configs/dpo/{qwen2.5-3b,qwen2.5-1.5b,demo,tiny}.yaml [ARGS="--beta 0.2"]
-	$(LAUNCH) recipes.dpo --config $(or $(CONFIG),configs/dpo/qwen2.5-3b.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
+	$(LAUNCH) recipes.dpo --config $(or $(CONFIG),configs/dpo/qwen2.5-3b.yaml) $(ARGS)
 
 eval-preference: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## held-out preference accuracy/margin + side-by-side answers: MODEL=run/adapter [ARGS="--dataset_name f.jsonl"]
 	$(PY) -m evaluate.preference $(if $(MODEL),--model_name_or_path $(MODEL)) $(ARGS)
@@ -91,10 +104,10 @@ eval-preference: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) #
 # PPO sentiment steering: reward-model and lm prepare the classifier and the policy, ppo steers it,
 # eval-sentiment compares the policy before and after PPO (all read the same CONFIG family).
 reward-model: $(STAMP) $(call tiny_dep,$(CONFIG)) ## sentiment classifier for PPO's reward: CONFIG=configs/reward_model/{phobert,tiny}.yaml
-	$(LAUNCH) recipes.reward_model --config $(or $(CONFIG),configs/reward_model/phobert.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
+	$(LAUNCH) recipes.reward_model --config $(or $(CONFIG),configs/reward_model/phobert.yaml) $(ARGS)
 
 lm: $(STAMP) $(call tiny_dep,$(CONFIG)) ## adapt PPO's policy to the feedback corpus as a causal LM: CONFIG=configs/lm/{gpt2-vietnamese,demo,tiny}.yaml
-	$(LAUNCH) recipes.lm --config $(or $(CONFIG),configs/lm/gpt2-vietnamese.yaml) $(call embedded_arg,$(CONFIG)) $(ARGS)
+	$(LAUNCH) recipes.lm --config $(or $(CONFIG),configs/lm/gpt2-vietnamese.yaml) $(ARGS)
 
 ppo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO: steer the LM to negative feedback with the classifier reward: CONFIG=configs/ppo/{gpt2-vietnamese,demo,tiny}.yaml
 	$(LAUNCH) recipes.ppo --config $(or $(CONFIG),configs/ppo/gpt2-vietnamese.yaml) $(ARGS)

@@ -9,8 +9,12 @@ strings). Users bring their own pairs in any of three layouts, one per row:
      "chosen": [{"role": "assistant", "content": "..."}], "rejected": [...]}
 
 and TRL's implicit-prompt layout (only `chosen`/`rejected`, two whole conversations sharing the
-prompt). Every row comes out as TRL's conversational preference columns `prompt`, `chosen`,
-`rejected` (lists of `{"role", "content"}` messages) plus a string `id`. A system prompt is added
+prompt). Any source `data.common` reads works (JSON Lines, JSON, CSV, TSV, Parquet, a save_to_disk
+directory, a hub id); chat-form cells need a format with lists (JSON Lines, JSON, Parquet), and
+`columns` maps other column names (``{"question": "cau_hoi", "chosen": "tot", "rejected": "kem"}``).
+
+Every row comes out as TRL's conversational preference columns `prompt`, `chosen`, `rejected`
+(lists of `{"role", "content"}` messages) plus a string `id`. A system prompt is added
 to prompts given as plain text; conversational prompts are used as given.
 
     train, held_out = load_preference("data/fixtures/preference_sample.jsonl", test_size=0.25)
@@ -23,7 +27,17 @@ from typing import Any
 
 import datasets
 
-from data.common import DataError, load_source, read_json_array, read_jsonl, seeded_split, validate_rows
+from data.common import (
+    DataError,
+    Row,
+    apply_columns,
+    check_bad_rows_out,
+    columns_present,
+    convert_rows,
+    read_rows,
+    seeded_split,
+    source_label,
+)
 
 DEFAULT_SOURCE = "thainq107/Vi-Alpaca-Preference"
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "preference_sample.jsonl"
@@ -33,6 +47,8 @@ SYSTEM_PROMPT_VI = "Bạn là một trợ lý hữu ích. Hãy trả lời bằn
 # Short names accepted wherever a system prompt is configured ("none" means no system message).
 SYSTEM_PROMPTS = {"en": SYSTEM_PROMPT, "vi": SYSTEM_PROMPT_VI, "none": None}
 ROLES = ("system", "user", "assistant")
+# What `columns` may name.
+COLUMN_FIELDS = ("question", "prompt", "chosen", "rejected", "id")
 
 
 def resolve_system_prompt(value: str | None) -> str | None:
@@ -133,38 +149,41 @@ def to_conversational(row: dict[str, Any], system_prompt: str | None = SYSTEM_PR
 
 
 # ------------------------------------------------------------------------------------- loading
-def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
-    """Raw rows as Python dicts.
-
-    Local JSON/JSONL is read without Arrow, so rows of mixed shapes (a string where a list was
-    expected, a missing field) reach validation and are reported by row instead of failing the
-    whole file in a schema error.
-    """
-    path = Path(source)
-    if path.suffix.lower() == ".jsonl" and path.is_file():
-        return read_jsonl(path)
-    if path.suffix.lower() == ".json" and path.is_file():
-        return read_json_array(path)
-    return load_source(source, split=split).to_list()
-
-
-def convert_rows(
-    rows: list[dict[str, Any]], system_prompt: str | None = SYSTEM_PROMPT, on_bad_rows: str = "skip"
-) -> list[dict[str, Any]]:
-    """Validate and convert raw rows; bad ones are reported by index and skipped (or raise DataError)."""
-    converted: list[dict[str, Any] | str] = [to_conversational(r, system_prompt) for r in rows]
-    indexed = [{"index": i, "row": c} for i, c in enumerate(converted)]
-    good, _ = validate_rows(
-        indexed,
-        lambda item: item["row"] if isinstance(item["row"], str) else None,
-        on_error=on_bad_rows,
-        what="preference pairs",
+def check_layout(present: set[str], source: str) -> None:
+    """Refuse data without chosen/rejected columns, naming the columns it has and the fix."""
+    if {"chosen", "rejected"} <= present:
+        return
+    raise DataError(
+        f"{source} has the column(s) {', '.join(sorted(present))}; preference pairs need chosen and rejected "
+        "(and question or prompt, unless both are whole conversations). Name yours with --columns "
+        "(YAML: columns:), e.g. question=cau_hoi,chosen=tot,rejected=kem"
     )
+
+
+def load_pairs(
+    source: str = DEFAULT_SOURCE,
+    split: str = "train",
+    system_prompt: str | None = SYSTEM_PROMPT,
+    on_bad_rows: str = "skip",
+    columns: dict[str, str] | str | None = None,
+    bad_rows_out: str | None = None,
+) -> tuple[list[tuple[Row, dict[str, Any]]], list[dict[str, Any]]]:
+    """Read, map, validate: (row, pair) for the usable rows (pair: id, prompt, chosen, rejected) and
+    the bad rows' records. `system_prompt` takes the presets of `resolve_system_prompt`."""
+    check_bad_rows_out(bad_rows_out)
+    label = source_label(source, split)
+    rows = apply_columns(read_rows(source, split), columns, COLUMN_FIELDS, label, "preference pairs")
+    present = columns_present(rows)
+    if present:
+        check_layout(present, label)
+    system = resolve_system_prompt(system_prompt)
+    good, bad = convert_rows(rows, lambda data: to_conversational(data, system), label, on_bad_rows,
+                             "preference pairs", bad_rows_out)
     out = []
-    for item in good:
-        raw_id = rows[item["index"]].get("id")
-        out.append({"id": str(raw_id) if raw_id is not None else f"row-{item['index']}", **item["row"]})
-    return out
+    for row, pair in good:
+        raw_id = row.data.get("id")
+        out.append((row, {"id": str(raw_id) if raw_id is not None else f"row-{row.index}", **pair}))
+    return out, bad
 
 
 def load_preference(
@@ -175,32 +194,38 @@ def load_preference(
     test_size: float | int = 0.1,
     seed: int = 0,
     max_pairs: int | None = None,
+    columns: dict[str, str] | str | None = None,
+    bad_rows_out: str | None = None,
 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """Load preference pairs -> (train, held-out) datasets with `id`, `prompt`, `chosen`, `rejected`.
 
     Args:
-        source: hub dataset id or local .json/.jsonl/.parquet file.
+        source: hub id (``owner/name[:config][@revision]``), a local .jsonl/.json/.csv/.tsv/.parquet
+            file or a save_to_disk directory (see `data.common`).
         split: hub split to read (a local file is one split).
         system_prompt: system message for prompts given as text (`en`, `vi`, `none` or the text).
-        on_bad_rows: `skip` (report and drop) or `fail` (raise DataError) on malformed pairs.
+        on_bad_rows: `skip` (report each with its line and drop it) or `fail` (stop at the first).
         test_size: held-out fraction (float) or count (int); 0 keeps every pair for training and
-            returns None as the held-out set.
+            returns None as the held-out set. A count the data cannot give is refused; a held-out
+            part larger than the training part is warned about.
         seed: seed of the held-out split (the same seed always holds out the same pairs).
         max_pairs: keep only the first N valid pairs (before splitting), for quick runs.
+        columns: the loader's field names -> yours (fields: question, prompt, chosen, rejected, id),
+            e.g. ``{"question": "cau_hoi", "chosen": "tot", "rejected": "kem"}``.
+        bad_rows_out: JSON Lines file to write the rejected rows to, with their places and reasons.
     """
-    rows = convert_rows(read_rows(source, split), resolve_system_prompt(system_prompt), on_bad_rows)
-    if max_pairs is not None:
-        rows = rows[:max_pairs]
     if isinstance(test_size, float) and not 0.0 <= test_size < 1.0:
         raise DataError(f"test_size must be a fraction in [0, 1) or a count of pairs, got {test_size}")
+    label = source_label(source, split)
+    good, _ = load_pairs(source, split, system_prompt, on_bad_rows, columns, bad_rows_out)
+    pairs = [pair for _, pair in good]
+    if max_pairs is not None:
+        pairs = pairs[:max_pairs]
     if not test_size:
-        print(f"[data] {source}: {len(rows)} preference pairs, no held-out split")
-        return datasets.Dataset.from_list(rows), None
-    if len(rows) < 2:
-        raise DataError(f"{source}: {len(rows)} usable pair(s) cannot be split into train and held-out; "
-                        "add pairs or set test_size: 0")
-    train, held = seeded_split(rows, test_size, seed)
-    print(f"[data] {source}: {len(rows)} preference pairs -> {len(train)} train / {len(held)} held-out (seed {seed})")
+        print(f"[data] {label}: {len(pairs)} preference pairs, no held-out split")
+        return datasets.Dataset.from_list(pairs), None
+    train, held = seeded_split(pairs, test_size, seed, what="preference pairs", source=label)
+    print(f"[data] {label}: {len(pairs)} preference pairs -> {len(train)} train / {len(held)} held-out (seed {seed})")
     return datasets.Dataset.from_list(train), datasets.Dataset.from_list(held)
 
 

@@ -98,6 +98,11 @@ class EvalArguments:
             for the "#### <số>" line); "": no system message.
         on_bad_rows (`str`, defaults to `"skip"`): `skip` or `fail` on malformed dataset rows.
         score_only (`str` or `None`): re-score a predictions JSONL file without a model.
+        columns (`dict[str, str]` or `str`, *optional*): your column names for the loader's fields,
+            e.g. `{question: cau_hoi, explanation: loi_giai, answer: dap_an}` in YAML or
+            `question=cau_hoi,explanation=loi_giai,answer=dap_an` on the command line.
+        bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
+            to this JSON Lines file (never over an existing file).
     """
 
     dataset: str = field(default="hllj/vi_gsm8k", metadata={"help": "Hub id or local .json/.jsonl/.parquet file."})
@@ -122,6 +127,12 @@ class EvalArguments:
     on_bad_rows: str = field(default="skip", metadata={"help": "'skip' or 'fail' on malformed dataset rows."})
     score_only: str | None = field(
         default=None, metadata={"help": "Re-score this predictions JSONL (no model); writes FILE.scored.jsonl."}
+    )
+    columns: dict[str, str] | str | None = field(
+        default=None, metadata={"help": "Your column names, e.g. question=cau_hoi,explanation=loi_giai,answer=dap_an."}
+    )
+    bad_rows_out: str | None = field(
+        default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
     )
 
 
@@ -403,7 +414,8 @@ def evaluate_model(argv: list[str] | None = None) -> None:
                         f"(recorded: {', '.join(recorded) or 'none yet'}); evaluate it first, or name this run")
 
     system_prompt = SYSTEM_PROMPT if eargs.system_prompt is None else eargs.system_prompt
-    dataset = load_vi_gsm8k(eargs.dataset, eargs.split, eargs.on_bad_rows, eargs.limit, eargs.seed, system_prompt)
+    dataset = load_vi_gsm8k(eargs.dataset, eargs.split, eargs.on_bad_rows, eargs.limit, eargs.seed, system_prompt,
+                            columns=eargs.columns, bad_rows_out=eargs.bad_rows_out)
     print(f"[eval] {len(dataset)} problems from {eargs.dataset} ({eargs.split}), {settings.describe()}")
 
     model_path = os.path.expanduser(margs.model_name_or_path)

@@ -309,6 +309,11 @@ class PreferenceEvalArguments:
             (default: results_dir/preference-<run_name>).
         generations (`int`, defaults to `4`): fixed Vietnamese instructions to answer side by side (0: none).
         max_new_tokens (`int`, defaults to `128`): generation length.
+        columns (`dict[str, str]` or `str`, *optional*): your column names for the loader's fields,
+            e.g. `{question: cau_hoi, chosen: tot, rejected: kem}` in YAML or
+            `question=cau_hoi,chosen=tot,rejected=kem` on the command line.
+        bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
+            to this JSON Lines file (never over an existing file).
     """
 
     dataset_name: str = field(default=DEFAULT_SOURCE, metadata={"help": "Hub id or local file of preference pairs."})
@@ -326,6 +331,12 @@ class PreferenceEvalArguments:
     output_dir: str | None = field(default=None, metadata={"help": "Where preference_eval.json and generations go."})
     generations: int = field(default=4, metadata={"help": "Fixed Vietnamese instructions answered side by side."})
     max_new_tokens: int = field(default=128, metadata={"help": "Tokens per generated answer."})
+    columns: dict[str, str] | str | None = field(
+        default=None, metadata={"help": "Your column names, e.g. question=cau_hoi,chosen=tot,rejected=kem."}
+    )
+    bad_rows_out: str | None = field(
+        default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
+    )
 
 
 def split_size(test_size: float) -> float | int:
@@ -337,7 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m evaluate.preference`: score one model (an adapter also as its base) and record it."""
     args, margs = parse_args([PreferenceEvalArguments, ModelArguments], argv)
     train, held = load_preference(args.dataset_name, args.dataset_split, args.system_prompt,
-                                  test_size=split_size(args.test_size), seed=args.split_seed)
+                                  test_size=split_size(args.test_size), seed=args.split_seed, columns=args.columns,
+                                  bad_rows_out=args.bad_rows_out)
     pairs = held if held is not None else train
     if args.max_pairs:
         pairs = pairs.select(range(min(args.max_pairs, len(pairs))))

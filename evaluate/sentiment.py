@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     prompts = list(load_prompts(sargs.dataset_name, sargs.dataset_eval_split, run.on_bad_rows,
                                 min_chars=sargs.prompt_min_chars, min_words=sargs.prompt_min_words,
                                 max_words=sargs.prompt_max_words, limit=eargs.num_prompts, seed=sargs.split_seed,
-                                validation_size=sargs.validation_size)["prompt"])
+                                validation_size=sargs.validation_size, columns=sargs.columns,
+                                bad_rows_out=sargs.bad_rows_out)["prompt"])
     print(f"[data] {len(prompts)} held-out prompts x {eargs.samples_per_prompt} samples, "
           f"{pargs.response_length} tokens at temperature {pargs.temperature}")
     scorer = SentimentScorer(sargs.reward_model, label=sargs.reward_label, score=sargs.reward_score,

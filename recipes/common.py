@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from data.common import DataError
 from data.files import write_json_atomic as write_json
 from data.files import write_text_atomic
 from recipes.precision import Precision, decide_for
+from recipes.embedded import EmbeddedModelError, resolve_model_name
 
 
 class UserError(Exception):
@@ -36,7 +38,8 @@ def run_cli(main, argv: list[str] | None = None) -> None:
     """Run a recipe's `main(argv)`, turning user mistakes into one clear line and exit code 2."""
     try:
         main(argv)
-    except (UserError, DataError) as err:
+    except (UserError, DataError, EmbeddedModelError) as err:
+        _remove_unused_run_dirs()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -368,9 +371,10 @@ def load_model_and_tokenizer(margs: ModelArguments, seed: int = 42, for_training
     base is loaded and the adapter continues training). Returns `(model, tokenizer)`; prints one
     line saying which backend, device and precision were chosen.
     """
+    margs.model_name_or_path = resolve_model_name(margs.model_name_or_path)  # "embedded" -> its directory
     name = os.path.expanduser(margs.model_name_or_path or "")
     if not name:
-        raise UserError("model_name_or_path is not set: give a hub id or a local model directory")
+        raise UserError("model_name_or_path is not set: give a hub id, a local model directory or `embedded`")
     if is_local_path(name) and not os.path.exists(name):
         raise UserError(f"model path not found: {name} (check the path, or run `make tiny-models` for the tiny configs)")
     device = check_device(margs)
@@ -620,6 +624,7 @@ def prepare_output_dir(output_dir: str, resume: bool) -> str | None:
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir {output_dir} is a file; choose a directory")
     occupied = path.is_dir() and any(path.iterdir())
+    ours = not path.exists()  # made by this run: run_cli removes it again if the run stops on a user error
     if occupied and not resume and _only_bookkeeping(path):
         # A run that failed before its first checkpoint (bad data, model not found) left only
         # its config records: nothing to lose, so the fixed command may start it again.
@@ -627,11 +632,13 @@ def prepare_output_dir(output_dir: str, resume: bool) -> str | None:
         for stale in path.iterdir():
             if stale.is_file():
                 stale.unlink()
-        occupied = False
+        occupied, ours = False, True
     if not occupied:
         if resume:
             raise UserError(f"--resume given but {output_dir} holds no run yet; drop --resume to start it")
         path.mkdir(parents=True, exist_ok=True)
+        if ours:
+            _CREATED_RUN_DIRS.append(path)
         wait_for_all_processes()  # or a slower rank would find rank 0's first files and refuse
         return None
     if not resume:
@@ -647,6 +654,15 @@ def prepare_output_dir(output_dir: str, resume: bool) -> str | None:
 
 
 BOOKKEEPING = ("config.yaml", "run_info.json")
+_CREATED_RUN_DIRS: list[Path] = []
+
+
+def _remove_unused_run_dirs() -> None:
+    """Remove the run directories this process created that hold only start-of-run records: a run
+    that stopped on its input (or model name) leaves no empty run folder behind."""
+    for path in _CREATED_RUN_DIRS:
+        if is_main_process() and path.is_dir() and _only_bookkeeping(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _only_bookkeeping(path: Path) -> bool:

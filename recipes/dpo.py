@@ -82,6 +82,11 @@ class PreferenceArguments:
             model state (0: none).
         eval_max_new_tokens (`int`, defaults to `128`): length of those answers.
         results_dir (`str`, *optional*): comparison table to record into (default output_dir/eval).
+        columns (`dict[str, str]` or `str`, *optional*): your column names for the loader's fields,
+            e.g. `{question: cau_hoi, chosen: tot, rejected: kem}` in YAML or
+            `question=cau_hoi,chosen=tot,rejected=kem` on the command line.
+        bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
+            to this JSON Lines file (never over an existing file).
     """
 
     dataset_name: str = field(default=DEFAULT_SOURCE, metadata={"help": "Hub id or local file of preference pairs."})
@@ -97,6 +102,12 @@ class PreferenceArguments:
     eval_generations: int = field(default=4, metadata={"help": "Vietnamese instructions answered side by side."})
     eval_max_new_tokens: int = field(default=128, metadata={"help": "Tokens per side-by-side answer."})
     results_dir: str | None = field(default=None, metadata={"help": "Comparison table directory (default output_dir/eval)."})
+    columns: dict[str, str] | str | None = field(
+        default=None, metadata={"help": "Your column names, e.g. question=cau_hoi,chosen=tot,rejected=kem."}
+    )
+    bad_rows_out: str | None = field(
+        default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
+    )
 
 
 def check_loss(targs: DPOConfig) -> None:
@@ -216,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     test_size = int(pargs.test_size) if pargs.test_size >= 1 else float(pargs.test_size)
     train, held_out = load_preference(pargs.dataset_name, pargs.dataset_split, pargs.system_prompt,
                                       on_bad_rows=rargs.on_bad_rows, test_size=test_size, seed=pargs.split_seed,
-                                      max_pairs=pargs.max_pairs)
+                                      max_pairs=pargs.max_pairs, columns=pargs.columns,
+                                      bad_rows_out=pargs.bad_rows_out)
 
     # ---- model: LoRA on the base model (or continuing a given adapter; on resume, the finished SFT pass)
     sft_adapter = out / "sft" / "adapter"

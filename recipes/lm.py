@@ -57,6 +57,11 @@ class LMDataArguments:
             `"validation"`): splits to train on and to measure perplexity on.
         validation_size (`float`, defaults to `0.2`) / split_seed (`int`, defaults to `42`): held-out
             fraction and seed when the source is a single local file.
+        columns (`dict[str, str]` or `str`, *optional*): your column names for the loader's fields,
+            e.g. `{sentence: cau, label: nhan}` in YAML or
+            `sentence=cau,label=nhan` on the command line.
+        bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
+            to this JSON Lines file (never over an existing file).
     """
 
     dataset_name: str = field(default=HUB_ID, metadata={"help": "Hub id or local file of feedback sentences."})
@@ -64,6 +69,12 @@ class LMDataArguments:
     dataset_eval_split: str = field(default="validation", metadata={"help": "Split for held-out perplexity."})
     validation_size: float = field(default=0.2, metadata={"help": "Held-out fraction of a single local file."})
     split_seed: int = field(default=42, metadata={"help": "Seed of that split."})
+    columns: dict[str, str] | str | None = field(
+        default=None, metadata={"help": "Your column names, e.g. sentence=cau,label=nhan."}
+    )
+    bad_rows_out: str | None = field(
+        default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
+    )
 
 
 # The dataclasses a config of this recipe fills (tests parse every shipped YAML with them).
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     # ---- data: plain text, so SFTTrainer trains on every token and appends EOS
     def load(split: str):
         return load_texts(dargs.dataset_name, split, run.on_bad_rows, validation_size=dargs.validation_size,
-                          seed=dargs.split_seed)
+                          seed=dargs.split_seed, columns=dargs.columns, bad_rows_out=dargs.bad_rows_out)
 
     train_ds, eval_ds = load(dargs.dataset_train_split), load(dargs.dataset_eval_split)
     print(f"[data] {len(train_ds)} train / {len(eval_ds)} held-out sentences, e.g. {train_ds[0]['text']!r}")

@@ -102,6 +102,11 @@ class PPOScriptArguments:
         sample_every (`int`, defaults to `10`): PPO updates between sample logs (also the first
             and the last update); 0 turns sample logging off.
         sample_prompts (`int`, defaults to `8`): held-out prompts in each sample log.
+        columns (`dict[str, str]` or `str`, *optional*): your column names for the loader's fields,
+            e.g. `{sentence: cau, label: nhan}` in YAML or
+            `sentence=cau,label=nhan` on the command line.
+        bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
+            to this JSON Lines file (never over an existing file).
     """
 
     reward_model: str = field(default="", metadata={"help": "Classifier directory (make reward-model)."})
@@ -122,6 +127,12 @@ class PPOScriptArguments:
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
     sample_every: int = field(default=10, metadata={"help": "Updates between sample logs (0: off)."})
     sample_prompts: int = field(default=8, metadata={"help": "Held-out prompts per sample log."})
+    columns: dict[str, str] | str | None = field(
+        default=None, metadata={"help": "Your column names, e.g. sentence=cau,label=nhan."}
+    )
+    bad_rows_out: str | None = field(
+        default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
+    )
 
 
 def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -210,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     def prompts(split: str, limit: int | None) -> list[str]:
         rows = load_prompts(sargs.dataset_name, split, run.on_bad_rows, min_chars=sargs.prompt_min_chars,
                             min_words=sargs.prompt_min_words, max_words=sargs.prompt_max_words, limit=limit,
-                            seed=sargs.split_seed, validation_size=sargs.validation_size)
+                            seed=sargs.split_seed, validation_size=sargs.validation_size, columns=sargs.columns,
+                            bad_rows_out=sargs.bad_rows_out)
         return list(rows["prompt"])
 
     train_prompts = prompts(sargs.dataset_train_split, sargs.max_prompts)

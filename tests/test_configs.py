@@ -51,3 +51,11 @@ def test_a_typo_in_a_shipped_config_would_be_caught(tmp_path):
     bad.write_text(source.replace("learning_rate:", "learnig_rate:"))
     with pytest.raises(UserError, match="learnig_rate"):
         parse_args(argument_types("recipes.grpo"), ["--config", str(bad)])
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if Path(c).name == "demo.yaml" and "/ppo/" not in c])
+def test_demo_configs_name_the_embedded_model(config):
+    """The name travels with the file: a copied and renamed demo config still runs on the embedded model."""
+    import yaml
+
+    assert yaml.safe_load((ROOT / config).read_text(encoding="utf-8"))["model_name_or_path"] == "embedded"

@@ -119,13 +119,17 @@ def test_every_trl_loss_type_is_accepted_by_dpo_config():
         assert DPOConfig(output_dir="unused", loss_type=name).loss_type == [name]
 
 
-def test_makefile_resolves_the_embedded_model_only_for_demo_configs():
-    demo = run_entry(["make", "-n", "dpo", "CONFIG=configs/dpo/demo.yaml", "EMBEDDED=/models/smol"], env=ENV)
-    assert "recipes.dpo --config configs/dpo/demo.yaml --model_name_or_path /models/smol" in demo.stdout
-    # For other configs the variable is never expanded, so recipes.embedded never runs.
-    tiny = run_entry(["make", "-n", "dpo", f"CONFIG={TINY}", "PY=/nonexistent/python"], env=ENV)
-    assert f"recipes.dpo --config {TINY}" in tiny.stdout and "--model_name_or_path" not in tiny.stdout
-    assert "nonexistent" not in tiny.stderr
+def test_the_demo_config_names_its_model_so_a_renamed_copy_keeps_it(tmp_path):
+    """The loader resolves `model_name_or_path: embedded`; make adds nothing and never runs recipes.embedded."""
+    import yaml
+
+    copy = tmp_path / "my-pairs.yaml"  # no "demo" in the name
+    copy.write_text((ROOT / "configs" / "dpo" / "demo.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    assert yaml.safe_load(copy.read_text(encoding="utf-8"))["model_name_or_path"] == "embedded"
+    for config in ("configs/dpo/demo.yaml", str(copy)):
+        dry = run_entry(["make", "-n", "dpo", f"CONFIG={config}", "PY=/nonexistent/python"], env=ENV)
+        assert f"recipes.dpo --config {config}" in dry.stdout and "--model_name_or_path" not in dry.stdout
+        assert "nonexistent" not in dry.stderr
 
 
 @pytest.mark.parametrize("name", ["qwen2.5-3b", "qwen2.5-1.5b", "demo", "tiny"])

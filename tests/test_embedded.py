@@ -212,6 +212,21 @@ def test_cli_error_exit(monkeypatch, tmp_path, capsys):
     assert len(captured.err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("name, resolved", [
+    ("embedded", "CACHE"),
+    (" embedded ", "CACHE"),  # a stray space in a YAML value
+    ("./embedded", "./embedded"),  # a local directory that happens to have the name
+    ("unsloth/Qwen2.5-3B-Instruct", "unsloth/Qwen2.5-3B-Instruct"),
+    ("runs/tiny/qwen2", "runs/tiny/qwen2"),
+    (None, None),
+])
+def test_resolve_model_name(monkeypatch, tmp_path, name, resolved):
+    _fake_conversion(monkeypatch)
+    monkeypatch.setenv("VIRL_CACHE", str(tmp_path))
+    expected = str(tmp_path / "models" / EMBEDDED_NAME) if resolved == "CACHE" else resolved
+    assert embedded.resolve_model_name(name) == expected
+
+
 # Slow tests on the real converted checkpoint.
 
 

@@ -102,32 +102,36 @@ def test_split_by_count_none_and_max_pairs():
 def test_malformed_file_skip_reports_rows_and_fail_raises(tmp_path, capsys):
     rows = [
         {"id": "a", "question": "Một cộng một bằng mấy?", "chosen": "Bằng hai.", "rejected": "Three."},
-        {"id": "b", "question": "q", "chosen": "", "rejected": "x"},              # row 1: empty chosen
-        {"id": "c", "prompt": USER, "chosen": GOOD, "rejected": BAD},             # row 2: fine (other layout)
-        {"id": "d", "question": "q", "chosen": "giống", "rejected": "giống"},    # row 3: identical
-        {"id": "e", "question": "q", "chosen": ["not", "messages"], "rejected": "x"},  # row 4: bad list
+        {"id": "b", "question": "q", "chosen": "", "rejected": "x"},              # line 2: empty chosen
+        {"id": "c", "prompt": USER, "chosen": GOOD, "rejected": BAD},             # line 3: fine (other layout)
+        {"id": "d", "question": "q", "chosen": "giống", "rejected": "giống"},    # line 4: identical
+        {"id": "e", "question": "q", "chosen": ["not", "messages"], "rejected": "x"},  # line 5: bad list
         {"id": "f", "question": "Hai cộng hai?", "chosen": "Bằng bốn.", "rejected": "Five."},
     ]
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     train, held = load_preference(path, test_size=1, seed=0)
     out = capsys.readouterr().out
-    assert "skipped 3 bad preference pairs" in out
-    assert "row 1: empty 'chosen'" in out and "row 3: chosen and rejected are identical" in out and "row 4:" in out
+    assert "skipped 3 of 6 preference pairs" in out
+    assert "line 2: empty 'chosen'" in out and "line 4: chosen and rejected are identical" in out and "line 5:" in out
     assert sorted(list(train["id"]) + list(held["id"])) == ["a", "c", "f"]
-    with pytest.raises(DataError, match=r"3 bad preference pairs: row 1: .*--on_bad_rows skip"):
+    with pytest.raises(DataError, match=r"pairs.jsonl line 2: empty 'chosen'\. .*--on_bad_rows skip"):
         load_preference(path, on_bad_rows="fail")
 
 
 def test_unreadable_inputs_fail_with_one_clear_error(tmp_path):
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"question": "q", "chosen": "a", "rejected": "b"}\n{"question": \n', encoding="utf-8")
-    with pytest.raises(DataError, match="broken.jsonl:2: malformed JSON"):
-        load_preference(str(broken))
+    with pytest.raises(DataError, match="broken.jsonl line 2: malformed JSON"):
+        load_preference(str(broken), on_bad_rows="fail")
     with pytest.raises(DataError, match="not found"):
         load_preference(str(tmp_path / "missing.jsonl"))
-    only_bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "chosen": "a"}])
+    only_bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "chosen": "a", "rejected": "a"}])
     with pytest.raises(DataError, match="no usable preference pairs"):
         load_preference(only_bad)
+    # Columns that fit no layout: one line naming what the file has and how to map it.
+    no_rejected = write_jsonl(tmp_path / "half.jsonl", [{"question": "q", "chosen": "a"}])
+    with pytest.raises(DataError, match=r"has the column\(s\) chosen, question; .*--columns"):
+        load_preference(no_rejected)
 
 
 def test_json_array_and_parquet_files(tmp_path):

@@ -80,7 +80,7 @@ def test_bad_rows_skip_or_fail(tmp_path):
     good = load_feedback(str(path), "all", on_bad_rows="skip")
     assert list(good["sentence"]) == ["thầy dạy hay", "cô nhiệt tình"]
     assert list(good["topic"]) == [0, -1]
-    with pytest.raises(DataError, match="row 1: sentence is missing"):
+    with pytest.raises(DataError, match="feedback.jsonl line 2: sentence is missing"):
         load_feedback(str(path), "all", on_bad_rows="fail")
     with pytest.raises(DataError, match="split must be one of"):
         load_feedback(str(path), "dev")

@@ -90,30 +90,31 @@ def test_answers_are_normalised(tmp_path, raw, canonical):
 def malformed_rows():
     return [
         GOOD,
-        {"question": "Không có lời giải", "answer": "5"},  # 1: missing explanation
-        {**GOOD, "answer": "mười chín"},  # 2: not a number
-        {**GOOD, "question": "   "},  # 3: empty question
-        {**GOOD, "answer": None},  # 4: null answer
+        {"question": "Không có lời giải", "answer": "5"},  # line 2: missing explanation
+        {**GOOD, "answer": "mười chín"},  # line 3: not a number
+        {**GOOD, "question": "   "},  # line 4: empty question
+        {**GOOD, "answer": None},  # line 5: null answer
         {**GOOD, "question": "Hỏi khác?", "answer": "19,0"},
     ]
 
 
-def test_bad_rows_skipped_with_index_and_reason(tmp_path, capsys):
+def test_bad_rows_skipped_with_line_and_reason(tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", malformed_rows())
     ds = load_vi_gsm8k(str(path), on_bad_rows="skip")
     assert ds["question"] == [GOOD["question"], "Hỏi khác?"]
     assert ds["answer"] == ["19", "19"]
     out = capsys.readouterr().out
-    assert "skipped 4 bad rows" in out
-    for expected in ("row 1: missing field 'explanation'", "row 2: answer 'mười chín' is not a number",
-                     "row 3: empty field 'question'", "row 4: missing field 'answer'"):
-        assert expected in out
+    assert f"skipped 4 of 6 rows in {path}" in out
+    for expected in ("line 2: missing field 'explanation'", "line 3: answer 'mười chín' is not a number",
+                     "line 4: empty field 'question'", "line 5: missing field 'answer'"):
+        assert f"{path} {expected}" in out
 
 
-def test_bad_rows_fail_when_asked(tmp_path):
+def test_bad_rows_fail_at_the_first_when_asked(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", malformed_rows())
-    with pytest.raises(DataError, match=r"4 bad rows.*row 1: missing field 'explanation'.*--on_bad_rows skip"):
+    with pytest.raises(DataError, match=r"bad.jsonl line 2: missing field 'explanation'.*--on_bad_rows skip") as err:
         load_vi_gsm8k(str(path), on_bad_rows="fail")
+    assert "line 3" not in str(err.value)
 
 
 def test_json_array_and_parquet_sources(tmp_path):

@@ -26,8 +26,8 @@ from trl import ModelConfig, TrlParser
 from data.common import DataError
 from data.files import write_json_atomic as write_json
 from data.files import write_text_atomic
-from recipes.precision import Precision, decide_for
 from recipes.embedded import EmbeddedModelError, resolve_model_name
+from recipes.precision import Precision, decide_for
 
 
 class UserError(Exception):

@@ -35,7 +35,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 EMBEDDED = $(shell $(PY) -m recipes.embedded | tail -1)
 embedded_arg = $(if $(findstring demo,$(1)),--model_name_or_path $(or $(EMBEDDED),$(error recipes.embedded gave no model directory)))
 
-.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment demo demo-quick bench chat export serve
+.PHONY: help install test test-slow lint tiny-models data sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment curves demo demo-quick bench chat export serve
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -99,6 +99,10 @@ ppo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO: steer the LM to negative feedba
 
 eval-sentiment: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO policy before/after: negative share, reward, distinct-n, perplexity: CONFIG=configs/ppo/....yaml
 	$(PY) -m evaluate.sentiment --config $(or $(CONFIG),configs/ppo/gpt2-vietnamese.yaml) $(ARGS)
+
+RUN ?=
+curves: $(STAMP) ## plot a training run's metrics.jsonl -> RUN/curves.png: RUN=runs/grpo-... [ARGS="--keys reward loss"]
+	$(PY) -m evaluate.curves $(or $(RUN),$(error give the run folder: make curves RUN=runs/...)) $(ARGS)
 
 bench: $(STAMP) ## Unsloth vs HF speed/memory, GRPO + DPO -> bench/results/ (GPU: 0.5b,1.5b shapes; CPU: tiny) [ARGS="--shapes 3b"]
 	$(PY) -m bench.run $(ARGS)

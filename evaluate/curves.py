@@ -152,7 +152,8 @@ def plot_run(run_dir: str | Path, keys: list[str] | None = None, out: str | Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Plot a training run's metrics.jsonl as <run>/curves.png")
+    parser = argparse.ArgumentParser(description="Plot a training run's metrics.jsonl as <run>/curves.png",
+                                     allow_abbrev=False)
     parser.add_argument("run_dir", help="the output_dir of a training run (holds metrics.jsonl)")
     parser.add_argument("--keys", nargs="+", default=None, help="metrics to draw (default: chosen per method)")
     parser.add_argument("--out", default=None, help=f"PNG to write (default: RUN_DIR/{OUT})")

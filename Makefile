@@ -115,6 +115,7 @@ ppo: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO: steer the LM to negative feedba
 eval-sentiment: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO policy before/after: negative share, reward, distinct-n, perplexity: CONFIG=configs/ppo/....yaml
 	$(PY) -m evaluate.sentiment --config $(or $(CONFIG),configs/ppo/gpt2-vietnamese.yaml) $(ARGS)
 
+RUN ?=
 bench: $(STAMP) ## Unsloth vs HF speed/memory, GRPO + DPO -> bench/results/ (GPU: 0.5b,1.5b shapes; CPU: tiny) [ARGS="--shapes 3b"]
 	$(PY) -m bench.run $(ARGS)
 

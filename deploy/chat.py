@@ -3,6 +3,7 @@
     make chat                                        # the embedded SmolLM2-135M-Instruct
     make chat MODEL=runs/demo/grpo/adapter           # a LoRA adapter (its base is found from anywhere)
     make chat MODEL=runs/demo/sft/merged ARGS="--port 7861 --do_sample true"
+    make chat MODEL=runs/demo/grpo/adapter ARGS="--ask 'Lan có 12 quả táo ...'"   # answer, print, exit (no page)
     python -m deploy.chat --model Qwen/Qwen2.5-0.5B-Instruct --backend hf
 
 The page uses the model's own chat template and, as the system prompt, the one the model was
@@ -18,7 +19,11 @@ Generation:
   `fast_inference` and an adapter is served as a vLLM `LoRARequest`; vLLM's offline engine does not
   stream, so each reply appears whole. UNVERIFIED: written for a GPU machine, never run here.
 
-The server listens on 127.0.0.1 only; it is a local tool, not a public service.
+The server listens on 127.0.0.1 only; it is a local tool, not a public service. `--share true`
+asks Gradio for a temporary public *.gradio.live link instead (for a notebook on Colab or Kaggle,
+where 127.0.0.1 is the notebook's machine, not yours): anyone with the link can use the model.
+It is off unless asked for. `--ask QUESTION` (repeatable) answers without a page: the reply and
+the extracted answer are printed, as a notebook cell or a script wants them.
 """
 
 from __future__ import annotations
@@ -183,6 +188,19 @@ class ChatModel:
         yield reply, answer_summary(reply)
 
 
+def ask(chat: ChatModel, questions: list[str], system_prompt: str, sampling: Sampling) -> list[str]:
+    """Answer each question as a fresh one-turn chat, the way the page would, and print it."""
+    replies = []
+    for question in questions:
+        reply, summary = "", ""
+        for update in chat.respond(question, [], system_prompt, sampling.do_sample, sampling.temperature,
+                                   sampling.top_p, sampling.max_new_tokens):
+            reply, summary = update  # the last update is the whole reply and its extracted answer
+        print(f"[chat] user: {question}\n[chat] assistant: {reply}\n[chat] extracted answer: {summary}", flush=True)
+        replies.append(reply)
+    return replies
+
+
 def build_page(chat: ChatModel, header: str, system_prompt: str, sampling: Sampling):
     """The Gradio page: the chat on the left; system prompt, sampling and the extracted answer
     on the right."""
@@ -258,6 +276,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="hub id, model directory, LoRA adapter directory or merged model (default: the embedded model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--share", type=_bool, default=False,
+                        help="also serve a temporary public gradio.live link (anyone with it can use the model); default false")
+    parser.add_argument("--ask", action="append", default=None, metavar="QUESTION",
+                        help="answer QUESTION (repeatable), print the reply and the extracted answer, exit: no page")
     parser.add_argument("--system_prompt", default=None,
                         help="system prompt (default: the one the model's run trained with, else the vi_gsm8k one)")
     parser.add_argument("--do_sample", type=_bool, default=False, help="sample instead of greedy (default false)")
@@ -302,14 +324,19 @@ def main(argv: list[str] | None = None) -> None:
     header = (f"### vi-rl chat\n**Model:** `{source.describe()}`  \n"
               f"**Generation:** {engine} on {where}, {str(chat.model.dtype).replace('torch.', '')}")
     sampling = Sampling(args.do_sample, args.temperature, args.top_p, args.max_new_tokens)
+    if args.ask:
+        print(f"[chat] model ready in {time.perf_counter() - start:.1f} s ({source.describe()}, {engine} on {where})",
+              flush=True)
+        ask(chat, args.ask, system_prompt, sampling)
+        return
     page = build_page(chat, header, system_prompt, sampling)
     print(f"[chat] model ready in {time.perf_counter() - start:.1f} s; open http://{args.host}:{args.port} "
-          "(Ctrl-C stops the server)", flush=True)
+          f"{'(and the public link Gradio prints) ' if args.share else ''}(Ctrl-C stops the server)", flush=True)
     import gradio as gr
 
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the page as cleanly as Ctrl-C does
     page.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=True,
+        server_name=args.host, server_port=args.port, share=args.share, inbrowser=False, show_error=True,
         ssr_mode=False, quiet=True,
         # System fonts only: the default theme would fetch web fonts, which an offline machine cannot.
         theme=gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],

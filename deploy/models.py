@@ -125,13 +125,18 @@ def run_info(path: str | Path) -> dict[str, Any]:
 def recipe_system_prompt(source: ModelSource, fallback: str) -> str:
     """The system prompt the model was trained with (its run's `system_prompt`), else `fallback`.
 
-    A run trained with `system_prompt: ""` gets "": the chat then sends no system message, as in
-    training.
+    A run trained with `system_prompt: ""` (or DPO's `none`) gets "": the chat then sends no system
+    message, as in training. DPO's preset names (`en`, `vi`) become their text.
     """
     if source.kind == "hub":
         return fallback
     value = run_config(source.name).get("system_prompt")
-    return value if isinstance(value, str) else fallback
+    if not isinstance(value, str):
+        return fallback
+    # A DPO config names its prompt by a preset ("en", "vi", "none"); the chat needs the text.
+    from data.preference import resolve_system_prompt
+
+    return resolve_system_prompt(value) or ""
 
 
 def slug(source: ModelSource) -> str:

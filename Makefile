@@ -32,11 +32,11 @@ endif
 # Tiny configs point at offline random models; build them first when one is used.
 tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 # Configs that say `model_name_or_path: embedded` (the demo configs, and any copy of them) run on
-# the embedded SmolLM2-135M-Instruct: the model loader resolves the name itself (recipes/embedded.py,
+# the embedded SmolLM2-135M-Instruct: the model loader resolves the name itself (core/embedded.py,
 # converted once, cached outside the repo). EMBEDDED is a recursive variable for the targets that
-# need the directory here (data-report MODEL=embedded): `python -m recipes.embedded` runs only when
+# need the directory here (data-report MODEL=embedded): `python -m core.embedded` runs only when
 # one expands it, and its last stdout line is the model directory.
-EMBEDDED = $(shell $(PY) -m recipes.embedded | tail -1)
+EMBEDDED = $(shell $(PY) -m core.embedded | tail -1)
 
 .PHONY: help install test test-slow lint tiny-models data data-report sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench chat export serve
 
@@ -81,10 +81,10 @@ $(DATA_DIR)/vi_gsm8k-%.jsonl: | $(STAMP)
 TEST ?=
 KIND ?= math
 COLUMNS ?=
-report_model = $(if $(filter embedded,$(MODEL)),$(or $(EMBEDDED),$(error recipes.embedded gave no model directory)),$(MODEL))
+report_model = $(if $(filter embedded,$(MODEL)),$(or $(EMBEDDED),$(error core.embedded gave no model directory)),$(MODEL))
 
 data-report: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## lengths, bad rows, duplicates, contamination -> runs/data-report/report.md: SOURCE=file|hub-id [TEST=file MODEL=embedded|dir|hub-id KIND=math|preference|feedback COLUMNS=question=cau_hoi,... OUT=dir]
-	$(PY) -m data.report --source '$(SOURCE)' --kind $(KIND) --out '$(or $(OUT),runs/data-report)' $(if $(TEST),--test '$(TEST)') $(if $(COLUMNS),--columns '$(COLUMNS)') $(if $(MODEL),--model '$(report_model)') $(ARGS)
+	$(PY) -m data.report --source '$(SOURCE)' --kind $(KIND) --out '$(or $(OUT),runs/data-report)' $(if $(TEST),--test '$(TEST)') $(if $(COLUMNS),--columns '$(COLUMNS)') $(if $(MODEL),--model_name_or_path '$(report_model)') $(ARGS)
 
 sft: $(STAMP) $(call tiny_dep,$(CONFIG)) ## SFT + chain-of-thought baseline: CONFIG=configs/sft/{qwen2.5-3b,tiny}.yaml [ARGS="--resume"]
 	$(LAUNCH) recipes.sft --config $(or $(CONFIG),configs/sft/qwen2.5-3b.yaml) $(ARGS)
@@ -128,7 +128,7 @@ demo: $(STAMP) ## the GRPO story on a CPU, offline (~30 min on 2 cores): base ->
 	$(PY) -m recipes.demo $(ARGS)
 
 demo-quick: $(STAMP) $(TINY)/.complete ## the demo's plumbing on the tiny random model (~1 min) -> runs/demo-quick/report.md
-	$(PY) -m recipes.demo --quick --model $(TINY)/qwen2 --output_dir runs/demo-quick $(ARGS)
+	$(PY) -m recipes.demo --quick --model_name_or_path $(TINY)/qwen2 --output_dir runs/demo-quick $(ARGS)
 
 # Use a trained model (README, "Use the trained model"). MODEL: a hub id, a model directory, a LoRA
 # adapter or a merged model; empty means the embedded SmolLM2-135M-Instruct.
@@ -137,10 +137,10 @@ QUANT ?=
 model_dep = $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete)
 
 chat: $(STAMP) $(model_dep) ## Gradio chat page on 127.0.0.1:7860, streamed replies: MODEL=dir|adapter|hub-id [ARGS="--port 7861 --do_sample true"]
-	$(PY) -m deploy.chat $(if $(MODEL),--model $(MODEL)) $(ARGS)
+	$(PY) -m deploy.chat $(if $(MODEL),--model_name_or_path $(MODEL)) $(ARGS)
 
 export: $(STAMP) $(model_dep) ## export + reload check: MODEL=adapter|dir FORMAT=merged|gguf|adapter [QUANT=f16|bf16|q8_0|q4_k_m OUT=dir ARGS="--push_to_hub user/repo"]
-	$(PY) -m deploy.export $(if $(MODEL),--model $(MODEL)) --format $(FORMAT) $(if $(QUANT),--quant $(QUANT)) $(if $(OUT),--output_dir $(OUT)) $(ARGS)
+	$(PY) -m deploy.export $(if $(MODEL),--model_name_or_path $(MODEL)) --format $(FORMAT) $(if $(QUANT),--quant $(QUANT)) $(if $(OUT),--output_dir $(OUT)) $(ARGS)
 
 serve: $(STAMP) ## OpenAI-compatible server: MODEL=export-dir|file.gguf (CPU, llama.cpp; pip install -e '.[serve]') or adapter|dir (GPU, vLLM) [ARGS="--port 8000"]
-	$(PY) -m deploy.serve $(if $(MODEL),--model $(MODEL)) $(ARGS)
+	$(PY) -m deploy.serve $(if $(MODEL),--model_name_or_path $(MODEL)) $(ARGS)

@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.cli import ArgumentParser
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "data" / "fixtures" / "vi_gsm8k_sample.jsonl"
 DIGITS = "tests.grpo_toy_rewards:digit_share"
@@ -374,11 +376,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_check_out", help="folder for gpu_check.json/.md and logs/")
     parser.add_argument("--work", default="/tmp/virl-gpu-check/learn", help="models and run folders")
     parser.add_argument("--device", default=None, help="cuda (default when a GPU is visible) or cpu")
-    parser.add_argument("--jobs", type=int, default=None, help="checks at a time (default 4 on a GPU, 1 on a CPU)")
+    parser.add_argument("--jobs", type=int, default=None, help="checks at a time (default 6 on a GPU, 1 on a CPU)")
     parser.add_argument("--check-timeout", type=int, default=300, help="seconds one check may take")
     parser.add_argument("--results", default=None, help="also copy the report here (e.g. bench/results)")
     args = parser.parse_args(argv)
@@ -386,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.jobs = args.jobs or (4 if args.device == "cuda" else 1)
+    args.jobs = args.jobs or (6 if args.device == "cuda" else 1)
     report = GPUCheck(args).run()
     out = Path(args.out)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))

@@ -10,11 +10,11 @@ inside the vocabulary, and ids it does not know decode to nothing.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
-from data.files import staged_directory
+from core.cli import ArgumentParser
+from core.files import staged_directory
 
 # From the Qwen2.5 model cards' config.json. All three tie the input and output embeddings.
 QWEN25_SHAPES = {
@@ -75,7 +75,7 @@ def parameter_count(model_dir: str | Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(QWEN25_SHAPES), required=True)
     parser.add_argument("--out", required=True, help="model directory to write")
     args = parser.parse_args(argv)

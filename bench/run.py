@@ -2,7 +2,7 @@
 
 For each model shape (random weights, Qwen2.5 dimensions: bench/models.py) and each recipe, the real
 recipe runs for a few steps once per backend, each in its own process, so the `hf` run is never
-patched by an Unsloth import (recipes/boot.py). The numbers come from what the recipes write:
+patched by an Unsloth import (core/boot.py). The numbers come from what the recipes write:
 `step_seconds`, `peak_memory_gb`, `peak_reserved_gb` and TRL's cumulative `num_tokens` in
 metrics.jsonl. The first `--warmup` steps are left out (kernel compilation, caches); a step's
 value is the median of the rest.
@@ -22,7 +22,6 @@ logs: runs/bench), the models and adapters to `--work-dir` (default: a temporary
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -37,6 +36,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.models import QWEN25_SHAPES, build_model, parameter_count
+from core.cli import ArgumentParser
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("unsloth", "hf")
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     gpu = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="0.5b,1.5b" if gpu else "tiny",
                         help=f"comma-separated, from {sorted(QWEN25_SHAPES)} (default: 0.5b,1.5b on a GPU, tiny on CPU)")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated: grpo,dpo")

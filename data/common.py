@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.files import write_jsonl_atomic
+from core.cli import UserError
+from core.files import write_jsonl_atomic
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
@@ -49,7 +50,7 @@ ON_BAD_ROWS = ("skip", "fail")
 SHOWN_BAD_ROWS = 20
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A user-facing data problem: the message says what is wrong and what to do."""
 
 

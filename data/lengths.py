@@ -138,3 +138,10 @@ def enforce_budget(
         raise LengthBudgetError(f"every one of the {len(lengths)} {what} is longer than {room} tokens. {fix}")
     print(f"[length] dropped {len(over)} of {len(lengths)} {what} longer than {room} tokens (--on_long_rows drop)")
     return dataset.select(keep)
+
+
+def check_lengths(dataset, tokenizer, columns: list[str], limit: int, reserve: int, what: str, on_long_rows: str,
+                  fix: str):
+    """The length budget (data/lengths.py) with the recipe's numbers; returns the dataset kept."""
+    lengths = sequence_lengths(dataset, tokenizer, columns)
+    return enforce_budget(dataset, lengths, limit=limit, reserve=reserve, what=what, on_overflow=on_long_rows, fix=fix)

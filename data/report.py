@@ -18,7 +18,7 @@ Kinds: ``math`` (`data.vi_gsm8k`: question / explanation / answer and the other 
 accepts), ``preference`` (`data.preference`), ``feedback`` (`data.students_feedback`).
 
     python -m data.report --source data/fixtures/bai_toan.csv --test data/fixtures/bai_toan_kiem_tra.csv \\
-        --columns question=cau_hoi,explanation=loi_giai,answer=dap_an --model runs/tiny/qwen2 --out runs/data-report
+        --columns question=cau_hoi,explanation=loi_giai,answer=dap_an --model_name_or_path runs/tiny/qwen2 --out runs/data-report
 
 ``--model`` is anything `AutoTokenizer` loads (a hub id, a model or adapter directory); only the
 tokenizer is loaded. Without it the length section is left out. An existing report is never
@@ -27,7 +27,6 @@ overwritten.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -39,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.cli import ArgumentParser
+from core.files import write_text_atomic
 from data.common import DataError, Row
-from data.files import write_text_atomic
 from data.lengths import LengthStats, sequence_lengths, summarize
 
 KINDS = ("math", "preference", "feedback")
@@ -351,7 +351,7 @@ def build_report(kind: str, parts: list[Part], tokenizer_name: str | None, token
 def load_tokenizer(name: str):
     """Only the tokenizer of `name` (a hub id, model or adapter directory)."""
     if name == "embedded":
-        raise DataError("--model embedded: give the model directory, `python -m recipes.embedded | tail -1` prints it "
+        raise DataError("--model_name_or_path embedded: give the model directory, `python -m core.embedded | tail -1` prints it "
                         "(`make data-report MODEL=embedded` does this for you)")
     from transformers import AutoTokenizer
 
@@ -363,14 +363,14 @@ def load_tokenizer(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.report", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m data.report", description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True, help="training data: a file, a save_to_disk directory or a hub id")
     parser.add_argument("--test", default=None, help="held-out data to check for contamination (same kind)")
     parser.add_argument("--kind", choices=KINDS, default="math", help="which loader reads the rows (default math)")
     parser.add_argument("--split", default="train", help="split of a hub/DatasetDict training source")
     parser.add_argument("--test_split", default="test", help="split of a hub/DatasetDict test source")
     parser.add_argument("--columns", default=None, help="your column names, e.g. question=cau_hoi,answer=dap_an")
-    parser.add_argument("--model", default=None, help="tokenizer to count tokens with (hub id or directory)")
+    parser.add_argument("--model_name_or_path", dest="model", default=None, help="tokenizer to count tokens with (hub id or directory)")
     parser.add_argument("--system_prompt", default=None,
                         help="system prompt of the prompts (math default: the recipes' one; preference default: en)")
     parser.add_argument("--near_threshold", type=float, default=NEAR_THRESHOLD,

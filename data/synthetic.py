@@ -26,7 +26,6 @@ Command line (refuses to overwrite existing files without ``--overwrite``)::
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 import sys
@@ -34,8 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.cli import ArgumentParser
+from core.files import write_jsonl_atomic
 from data.common import DataError
-from data.files import write_jsonl_atomic
 
 OPS = ("+", "-", "*", "/")
 SYMBOLS = {"+": "+", "-": "-", "*": "x", "/": ":"}
@@ -519,7 +519,7 @@ def _summary(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m data.synthetic", description="Write seeded Vietnamese arithmetic problems as JSONL."
     )
     parser.add_argument("--n_train", type=int, default=400, help="training problems (default 400)")

@@ -30,7 +30,6 @@ so it is itself a valid source::
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 import sys
@@ -39,6 +38,8 @@ from typing import Any
 
 import datasets
 
+from core.cli import ArgumentParser
+from core.files import write_jsonl_atomic
 from data.common import (
     DataError,
     Row,
@@ -51,7 +52,6 @@ from data.common import (
     read_rows,
     source_label,
 )
-from data.files import write_jsonl_atomic
 from rewards.math import ANSWER_FORMAT_HINT, ANSWER_PREFIX, normalize_answer
 
 DEFAULT_SOURCE = "hllj/vi_gsm8k"
@@ -342,7 +342,7 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare a vi_gsm8k split and cache it as JSON Lines.")
+    parser = ArgumentParser(description="Prepare a vi_gsm8k split and cache it as JSON Lines.")
     parser.add_argument("--source", default=DEFAULT_SOURCE,
                         help="hub id (owner/name[:config][@revision]), a .jsonl/.json/.csv/.tsv/.parquet file "
                              "or a save_to_disk directory")

@@ -4,7 +4,7 @@
     make chat MODEL=runs/demo/grpo/adapter           # a LoRA adapter (its base is found from anywhere)
     make chat MODEL=runs/demo/sft/merged ARGS="--port 7861 --do_sample true"
     make chat MODEL=runs/demo/grpo/adapter ARGS="--ask 'Lan có 12 quả táo ...'"   # answer, print, exit (no page)
-    python -m deploy.chat --model Qwen/Qwen2.5-0.5B-Instruct --backend hf
+    python -m deploy.chat --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --backend hf
 
 The page uses the model's own chat template and, as the system prompt, the one the model was
 trained with (read from its run folder's config.yaml; `data.vi_gsm8k.SYSTEM_PROMPT` otherwise).
@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from core.cli import ArgumentParser
 from rewards.math import extract_answer, format_number
 
 DEFAULT_PORT = 7860
@@ -240,8 +241,10 @@ def build_page(chat: ChatModel, header: str, system_prompt: str, sampling: Sampl
 
 def load_chat_model(args: argparse.Namespace):
     """Load the model through the project's one loader (an adapter onto its base)."""
+    from core.config import ModelArguments
+    from core.models import load_model_and_tokenizer
+    from core.precision import has_cuda
     from deploy.models import resolve_model
-    from recipes.common import ModelArguments, has_cuda, load_model_and_tokenizer
 
     source = resolve_model(args.model)
     engine = args.engine
@@ -254,7 +257,7 @@ def load_chat_model(args: argparse.Namespace):
             except ImportError:
                 pass
     elif engine == "vllm" and not has_cuda():
-        from recipes.common import UserError
+        from core.cli import UserError
 
         raise UserError("--engine vllm needs a CUDA GPU; use --engine hf (or auto) on this machine")
     margs = ModelArguments(model_name_or_path=source.name, backend=args.backend, dtype=args.dtype,
@@ -271,8 +274,8 @@ def load_chat_model(args: argparse.Namespace):
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None,
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_name_or_path", dest="model", default=None,
                         help="hub id, model directory, LoRA adapter directory or merged model (default: the embedded model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
@@ -345,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    import recipes.boot  # noqa: F401  (Unsloth before transformers, as in every entry point)
-    from recipes.common import run_cli
+    import core.boot  # noqa: F401  (Unsloth before transformers, as in every entry point)
+    from core.cli import run_cli
 
     run_cli(main, sys.argv[1:])

@@ -6,7 +6,7 @@
     make export MODEL=runs/demo/grpo/adapter FORMAT=adapter ARGS="--push_to_hub me/vi-math-lora"
 
 Formats:
-- `merged`: a LoRA adapter merged into its base in 16-bit (`recipes.common.merge_adapter`).
+- `merged`: a LoRA adapter merged into its base in 16-bit (`core.merge.merge_adapter`).
 - `gguf`: one GGUF file through llama.cpp's own converter (f32/f16/bf16/q8_0; fetched from PyPI
   once and cached, see deploy/llamacpp.py), or llama.cpp's quantizer for k-quants and the other
   llama.cpp types (q4_k_m, q5_k_m, q6_k, ...; `--build_quantize` compiles it once). An adapter is
@@ -39,11 +39,11 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
-from data.files import staged_directory, write_json_atomic, write_text_atomic
+from core.cli import ArgumentParser, UserError
+from core.files import staged_directory, write_json_atomic, write_text_atomic
 from deploy import llamacpp
 from deploy.card import find_eval_scores, model_card, modelfile
 from deploy.models import ModelSource, recipe_system_prompt, resolve_model, slug
-from recipes.common import UserError
 
 FORMATS = ("merged", "gguf", "adapter")
 DEFAULT_QUANT = "q8_0"
@@ -202,7 +202,7 @@ def export(args: argparse.Namespace) -> Path:
 
 def merge_into(adapter_dir: str, target: Path) -> None:
     """The lead's 16-bit merge into `target` (which may be an empty staging folder)."""
-    from recipes.common import merge_adapter
+    from core.merge import merge_adapter
 
     tmp = target.with_name(target.name + ".merging")
     merge_adapter(adapter_dir, str(tmp))
@@ -245,8 +245,8 @@ def push(folder: Path, repo_id: str, private: bool = False) -> str:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="LoRA adapter, model directory (default: the embedded model)")
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_name_or_path", dest="model", default=None, help="LoRA adapter, model directory (default: the embedded model)")
     parser.add_argument("--format", default="gguf", help=f"one of {', '.join(FORMATS)} (default gguf)")
     parser.add_argument("--quant", default=None, help=f"GGUF type (default {DEFAULT_QUANT}): {', '.join(GGUF_TYPES)}")
     parser.add_argument("--output_dir", default=None, help="new folder for the export (default runs/export/<model>-<format>)")
@@ -268,6 +268,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from recipes.common import run_cli
+    from core.cli import run_cli
 
     run_cli(main, sys.argv[1:])

@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from recipes.common import UserError
-from recipes.embedded import default_cache_dir
+from core.cli import UserError
+from core.embedded import default_cache_dir
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST_REQUIREMENT = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"

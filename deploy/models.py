@@ -3,7 +3,7 @@
 Chat, export and serve take the same argument as `make eval`: a hub id, a local model directory,
 a LoRA adapter directory, or a merged model; chat and export default to the embedded model. This
 module tells them apart and reads the run folder around a model (`config.yaml`, written by
-`recipes.common.write_run_info`) for the system prompt it was trained with and, for model cards,
+`core.runs.write_run_info`) for the system prompt it was trained with and, for model cards,
 its data and recipe. Nothing here loads weights.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from recipes.adapters import read_base_record, resolve_adapter_base
-from recipes.common import UserError, is_local_path
+from core.adapters import is_local_path, read_base_record, resolve_adapter_base
+from core.cli import UserError
 
 # Folder names that say nothing about a model: the run folder around them names it.
 GENERIC_NAMES = ("adapter", "merged", "model", "final")
@@ -58,8 +58,8 @@ def _shown(path: str | None) -> str:
 
 
 def default_model() -> str:
-    """The embedded SmolLM2-135M-Instruct (fetched and converted once, see recipes/embedded.py)."""
-    from recipes.embedded import EmbeddedModelError, ensure_embedded_model
+    """The embedded SmolLM2-135M-Instruct (fetched and converted once, see core/embedded.py)."""
+    from core.embedded import EmbeddedModelError, ensure_embedded_model
 
     try:
         return str(ensure_embedded_model())
@@ -173,7 +173,7 @@ def lineage(source: ModelSource, limit: int = 6) -> list[dict[str, Any]]:
             chain.append(entry)
             break
         marker = path / ".complete"
-        if marker.is_file():  # recipes/embedded.py's conversion marker
+        if marker.is_file():  # core/embedded.py's conversion marker
             try:
                 entry.update(kind="embedded", source=json.loads(marker.read_text()).get("source"))
             except ValueError:

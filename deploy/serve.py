@@ -27,9 +27,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core.adapters import read_adapter_config
+from core.cli import ArgumentParser, UserError
+from core.precision import has_cuda
 from deploy.models import resolve_model, slug
-from recipes.adapters import read_adapter_config
-from recipes.common import UserError, has_cuda
 
 DEFAULT_PORT = 8000
 
@@ -134,8 +135,8 @@ def run(cmd: list[str]) -> int:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="GGUF file / export folder (CPU) or model / adapter dir (GPU)")
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_name_or_path", dest="model", default=None, help="GGUF file / export folder (CPU) or model / adapter dir (GPU)")
     parser.add_argument("--engine", choices=("auto", "llama-cpp", "vllm"), default="auto",
                         help="auto: llama.cpp for a GGUF, vLLM otherwise")
     parser.add_argument("--host", default="127.0.0.1")
@@ -165,6 +166,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from recipes.common import run_cli
+    from core.cli import run_cli
 
     run_cli(main, sys.argv[1:])

@@ -15,7 +15,7 @@ fairly. Only the stop tokens come from the model (its eos ids plus the tokenizer
 
 Paths:
 - vLLM: when the model was loaded with ``fast_inference`` (it then carries ``vllm_engine``;
-  `recipes.common.load_model_and_tokenizer` sets that up only on a CUDA GPU with vLLM
+  `core.models.load_model_and_tokenizer` sets that up only on a CUDA GPU with vLLM
   installed). A LoRA adapter directory is served through a vLLM ``LoRARequest``; vLLM schedules
   its own batches, so ``batch_size`` does not apply.
 - HF: prompts sorted by token length (longest first, so an out-of-memory shows up at once and
@@ -148,7 +148,7 @@ def generate(
     Args:
         model: a causal LM (plain, PEFT-wrapped, or Unsloth with a vLLM engine).
         tokenizer: its tokenizer (a pad token distinct from eos is expected, see
-            `recipes.common.ensure_pad_token`).
+            `core.models.ensure_pad_token`).
         prompts: chat message lists or plain strings.
         settings: decoding settings.
         lora_path: a LoRA adapter directory to serve through vLLM (vLLM path only; on the HF path

@@ -35,7 +35,7 @@ Writes ``predictions.jsonl``, ``metrics.json``, ``config.yaml`` and ``run_info.j
 during SFT/GRPO training.
 
 The ``--score-only`` path imports neither torch nor Unsloth: only a model run needs them, so
-`recipes.boot` is imported inside `main`, after that branch.
+`core.boot` is imported inside `main`, after that branch.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.files import write_jsonl_atomic
+from core.files import write_jsonl_atomic
 from evaluate.stats import majority_vote
 from rewards.language import analyze, drift_metrics
 from rewards.math import (
@@ -70,7 +70,7 @@ TRAIN_EVAL_FILE = "train_eval.jsonl"
 
 @dataclass
 class EvalArguments:
-    """Evaluation options (model loading options come from `recipes.common.ModelArguments`).
+    """Evaluation options (model loading options come from `core.config.ModelArguments`).
 
     Fields:
         dataset (`str`, defaults to `"hllj/vi_gsm8k"`): hub id or local .json/.jsonl/.parquet file
@@ -105,8 +105,8 @@ class EvalArguments:
             to this JSON Lines file (never over an existing file).
     """
 
-    dataset: str = field(default="hllj/vi_gsm8k", metadata={"help": "Hub id or local .json/.jsonl/.parquet file."})
-    split: str = field(default="test", metadata={"help": "Hub split (ignored for a local file)."})
+    dataset_name: str = field(default="hllj/vi_gsm8k", metadata={"help": "Hub id or local .json/.jsonl/.parquet file."})
+    dataset_split: str = field(default="test", metadata={"help": "Hub split (ignored for a local file)."})
     limit: int | None = field(default=None, metadata={"help": "Seeded random subset of this many problems."})
     seed: int = field(default=0, metadata={"help": "Seed of the subset and of sampling."})
     run_name: str | None = field(default=None, metadata={"help": "Row name in the comparison table."})
@@ -367,25 +367,23 @@ def _relative(path: Path, start: Path) -> str:
 
 def argument_types() -> list[type]:
     """The dataclasses an eval config fills (imported lazily: --score-only needs no torch)."""
-    from recipes.common import ModelArguments
+    from core.config import ModelArguments
 
     return [ModelArguments, EvalArguments]
 
 
 def evaluate_model(argv: list[str] | None = None) -> None:
     """Load the model, generate, score, write the run directory and update the comparison."""
+    from core.adapters import adapter_base
+    from core.cli import UserError
+    from core.config import parse_args
+    from core.files import write_json_atomic as write_json
+    from core.models import load_model_and_tokenizer
+    from core.runs import write_run_info
     from data.common import is_local
     from data.vi_gsm8k import SYSTEM_PROMPT, load_vi_gsm8k
     from evaluate.generation import DecodingSettings, generate
     from evaluate.report import load_results, record_result
-    from recipes.common import (
-        UserError,
-        adapter_base,
-        load_model_and_tokenizer,
-        parse_args,
-        write_json,
-        write_run_info,
-    )
 
     started = time.perf_counter()
     margs, eargs = parse_args(argument_types(), argv)
@@ -414,9 +412,9 @@ def evaluate_model(argv: list[str] | None = None) -> None:
                         f"(recorded: {', '.join(recorded) or 'none yet'}); evaluate it first, or name this run")
 
     system_prompt = SYSTEM_PROMPT if eargs.system_prompt is None else eargs.system_prompt
-    dataset = load_vi_gsm8k(eargs.dataset, eargs.split, eargs.on_bad_rows, eargs.limit, eargs.seed, system_prompt,
+    dataset = load_vi_gsm8k(eargs.dataset_name, eargs.dataset_split, eargs.on_bad_rows, eargs.limit, eargs.seed, system_prompt,
                             columns=eargs.columns, bad_rows_out=eargs.bad_rows_out)
-    print(f"[eval] {len(dataset)} problems from {eargs.dataset} ({eargs.split}), {settings.describe()}")
+    print(f"[eval] {len(dataset)} problems from {eargs.dataset_name} ({eargs.dataset_split}), {settings.describe()}")
 
     model_path = os.path.expanduser(margs.model_name_or_path)
     adapter = model_path if os.path.isdir(model_path) and adapter_base(model_path) else None
@@ -449,8 +447,8 @@ def evaluate_model(argv: list[str] | None = None) -> None:
         "backend": margs.backend,
         "generation": gens.backend,
         "load_in_4bit": bool(margs.load_in_4bit),
-        "dataset": eargs.dataset,
-        "split": eargs.split,
+        "dataset": eargs.dataset_name,
+        "split": eargs.dataset_split,
         "n": n,
         "limit": eargs.limit,
         "seed": eargs.seed,
@@ -467,7 +465,7 @@ def evaluate_model(argv: list[str] | None = None) -> None:
     write_jsonl_atomic(out / "predictions.jsonl", rows)
     write_json(out / "metrics.json", {"run_name": run_name, **metrics, **throughput, "settings": settings_record})
     write_run_info(str(out), margs, eargs)
-    dataset_name = eargs.dataset if is_local(eargs.dataset) else f"{eargs.dataset} ({eargs.split})"
+    dataset_name = eargs.dataset_name if is_local(eargs.dataset_name) else f"{eargs.dataset_name} ({eargs.dataset_split})"
     row = {**metrics, "problems_per_s": throughput["problems_per_s"], "decoding": settings.describe(),
            "dataset": dataset_name, "limit": eargs.limit, "seed": eargs.seed,
            "predictions": _relative(out / "predictions.jsonl", results_dir)}
@@ -503,8 +501,8 @@ def main(argv: list[str] | None = None) -> None:
             print("error: --score-only takes only the predictions file (no model options)", file=sys.stderr)
             sys.exit(2)
         sys.exit(score_only(target))
-    import recipes.boot  # noqa: F401  (Unsloth before transformers, as in every entry point)
-    from recipes.common import run_cli
+    import core.boot  # noqa: F401  (Unsloth before transformers, as in every entry point)
+    from core.cli import run_cli
 
     run_cli(evaluate_model, argv)
 
@@ -530,7 +528,7 @@ def make_training_eval_callback(
       "<prefix>drift_rate", "<prefix>seconds", "n"}`` to
       ``output_dir/train_eval.jsonl``;
     - adds the same metrics to ``trainer.state.log_history`` and, when ``trainer`` is given, hands
-      them to every callback's ``on_log`` (so `recipes.common.JsonlMetricsCallback` writes them to
+      them to every callback's ``on_log`` (so `core.runs.JsonlMetricsCallback` writes them to
       ``metrics.jsonl``, and wandb/tensorboard see them). The trainer's own ``log`` is not used:
       GRPOTrainer's would fold its pending training metrics into this row.
 

@@ -10,7 +10,7 @@ training), and writes into one folder:
 - ``training.png``: whichever of completion length, clipped ratio, entropy,
   frac_reward_zero_std, KL, loss, PPO's score/KL/entropy, DPO's reward accuracy/margin and the
   Vietnamese share of held-out answers the runs logged;
-- ``step_time.png``: where a step's time goes (``time/*``, see `recipes.timing`) and the step
+- ``step_time.png``: where a step's time goes (``time/*``, see `core.timing`) and the step
   time over the run;
 - ``summary.md``: per run its status, steps and wall time; the final and best value of every
   metric above; the step-time breakdown; the pictures.
@@ -27,7 +27,6 @@ to draw.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -38,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.files import write_text_atomic
+from core.cli import ArgumentParser
+from core.files import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 TRAIN_EVAL_FILE = "train_eval.jsonl"  # written by evaluate.gsm8k's training-time callback
@@ -67,7 +67,7 @@ DIRECTION: dict[str, bool | None] = {
     "reward": True, HELD_OUT: True, "eval_accuracy_strict": True, "eval_format_rate": True,
     **{key: better for key, _, better in TRAINING_PANELS},
 }
-# Step-time phases in drawing order (recipes/timing.py); "step" is their total. GRPO: generation,
+# Step-time phases in drawing order (core/timing.py); "step" is their total. GRPO: generation,
 # reward, logprob_passes, forward_backward, optimizer, other. PPO: rollout (of which generation and
 # reward) and update (of which optimizer).
 PHASES = ["generation", "reward", "logprob_passes", "rollout", "forward_backward", "optimizer", "update", "other"]
@@ -461,7 +461,7 @@ def summary_markdown(runs: Sequence[Run], pictures: Sequence[Path]) -> str:
     if any(phases.values()):
         lines += ["## Where a step's time goes", "",
                   "Mean seconds per optimizer step (PPO: per update), the first step left out (warm-up); the "
-                  "share of the step in brackets (`recipes/timing.py` defines each phase; PPO's rollout includes "
+                  "share of the step in brackets (`core/timing.py` defines each phase; PPO's rollout includes "
                   "its generation and reward, its update the optimizer).", "",
                   "| phase | " + " | ".join(run.label for run in runs) + " |", "|---" * (len(runs) + 1) + "|"]
         for phase in TABLE_ORDER:
@@ -516,7 +516,7 @@ def plot_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluate.plots",
+    parser = ArgumentParser(prog="python -m evaluate.plots",
                                      description="Plot and compare training runs from their metrics.jsonl.")
     parser.add_argument("runs", nargs="+", help="run directories (a recipe's output_dir)")
     parser.add_argument("--out", default=None,

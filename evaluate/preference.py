@@ -26,7 +26,7 @@ table (`evaluate.report`, task "preference").
 
 from __future__ import annotations
 
-import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
+import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
 
 # isort: split
 import contextlib
@@ -38,18 +38,15 @@ from typing import Any
 
 import torch
 
-from data.files import write_text_atomic
+from core.adapters import adapter_base
+from core.cli import run_cli
+from core.config import ModelArguments, parse_args
+from core.files import write_json_atomic as write_json
+from core.files import write_text_atomic
+from core.models import load_model_and_tokenizer
 from data.preference import DEFAULT_SOURCE, load_preference, resolve_system_prompt
 from evaluate.generation import drop_cut_character
 from evaluate.report import record_result
-from recipes.common import (
-    ModelArguments,
-    adapter_base,
-    load_model_and_tokenizer,
-    parse_args,
-    run_cli,
-    write_json,
-)
 
 TASK = "preference"
 # Fixed instructions for the side-by-side generations: varied, short, and in Vietnamese, so that a

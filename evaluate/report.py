@@ -23,7 +23,6 @@ new row, ``name (2)``. Tables and charts name the dataset each task was scored o
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import os
@@ -32,7 +31,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from data.files import write_json_atomic, write_text_atomic
+from core.cli import ArgumentParser
+from core.files import write_json_atomic, write_text_atomic
 
 RESULTS = "results.json"
 BASELINES = "baselines.json"  # {task: run} the user named with --baseline
@@ -269,7 +269,7 @@ def plot_comparison(results: dict[str, dict[str, dict[str, Any]]], out: Path) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Re-render comparison.md and comparison.png from results.json")
+    parser = ArgumentParser(description="Re-render comparison.md and comparison.png from results.json")
     parser.add_argument("results_dir")
     parser.add_argument("--baseline", default=None,
                         help="run the paired intervals compare against, remembered for later renderings "

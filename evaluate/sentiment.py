@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.files import write_jsonl_atomic
+from core.files import write_jsonl_atomic
 
 
 @dataclass
@@ -173,7 +173,7 @@ def sample_and_score(model_path: str, margs, sargs, pargs, eargs, prompts: list[
 
     import torch
 
-    from recipes.common import load_model_and_tokenizer
+    from core.models import load_model_and_tokenizer
 
     policy_args = dataclasses.replace(margs, model_name_or_path=model_path, use_peft=False, require_chat_template=False)
     model, tokenizer = load_model_and_tokenizer(policy_args, seed=eargs.eval_seed, for_training=False)
@@ -197,19 +197,14 @@ def sample_and_score(model_path: str, margs, sargs, pargs, eargs, prompts: list[
 def main(argv: list[str] | None = None) -> None:
     from trl.experimental.ppo import PPOConfig
 
+    from core.adapters import is_local_path
+    from core.cli import UserError
+    from core.config import ModelArguments, RunArguments, parse_args
+    from core.files import write_json_atomic as write_json
+    from core.models import load_model_and_tokenizer
     from data.students_feedback import load_prompts
     from evaluate.report import record_result
-    from recipes.common import (
-        ModelArguments,
-        RunArguments,
-        UserError,
-        is_local_path,
-        load_model_and_tokenizer,
-        parse_args,
-        write_json,
-    )
-    from recipes.ppo import PPOScriptArguments
-    from rewards.sentiment import SentimentScorer
+    from rewards.sentiment import PPOScriptArguments, SentimentScorer
 
     margs, sargs, run, pargs, eargs = parse_args(
         [ModelArguments, PPOScriptArguments, RunArguments, PPOConfig, SentimentEvalArguments], argv)
@@ -266,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{metrics['mean_reward']:.3f}, distinct-2 {metrics['distinct_2']:.3f}, perplexity {ppl} -> {table}")
 
 if __name__ == "__main__":
-    import recipes.boot  # noqa: F401  (Unsloth before transformers/TRL, as in every entry point)
-    from recipes.common import run_cli
+    import core.boot  # noqa: F401  (Unsloth before transformers/TRL, as in every entry point)
+    from core.cli import run_cli
 
     run_cli(main)

@@ -14,7 +14,6 @@ Pure numpy: no torch, so it runs anywhere in a second.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -24,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from core.cli import ArgumentParser
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def compare_runs(path_a: str | Path, path_b: str | Path, field: str = "correct",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Paired bootstrap CI of run B minus run A on shared problems.")
+    parser = ArgumentParser(description="Paired bootstrap CI of run B minus run A on shared problems.")
     parser.add_argument("run_a", help="baseline: run directory or predictions.jsonl")
     parser.add_argument("run_b", help="candidate: run directory or predictions.jsonl")
     parser.add_argument("--field", default="correct", help="per-problem score field (correct, correct_strict, ...)")

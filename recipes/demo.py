@@ -3,9 +3,9 @@
     make demo                                   # = python -m recipes.demo  -> runs/demo/report.md
     python -m recipes.demo --output_dir runs/demo2          # a second demo next to the first
     python -m recipes.demo --resume                         # continue an interrupted demo
-    python -m recipes.demo --quick --model runs/tiny/qwen2 --output_dir runs/demo-quick  # plumbing only
+    python -m recipes.demo --quick --model_name_or_path runs/tiny/qwen2 --output_dir runs/demo-quick  # plumbing only
 
-The model is the embedded SmolLM2-135M-Instruct (`recipes.embedded`: converted once from a PyPI
+The model is the embedded SmolLM2-135M-Instruct (`core.embedded`: converted once from a PyPI
 wheel, no hub access needed); the task is seeded synthetic Vietnamese arithmetic problems
 (`data.synthetic`) in the vi_gsm8k schema. Every stage is the project's own entry point, run as a
 subprocess with the demo's YAML configs - exactly what a user runs on a GPU with a bigger model:
@@ -46,7 +46,8 @@ from typing import Any
 
 import yaml
 
-from data.files import write_json_atomic, write_text_atomic
+from core.cli import ArgumentParser
+from core.files import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
@@ -213,7 +214,7 @@ def plan(args: argparse.Namespace, out: Path, model: str) -> list[tuple[str, lis
 
     def evaluation(run: str, model_path: str) -> list[str]:
         return [py, "-m", "evaluate.gsm8k", "--config", CONFIGS["eval"], "--model_name_or_path", model_path,
-                "--dataset", str(data / "test.jsonl"), "--run_name", run, "--results_dir", str(evals),
+                "--dataset_name", str(data / "test.jsonl"), "--run_name", run, "--results_dir", str(evals),
                 *args.eval_overrides]
 
     return [
@@ -390,13 +391,13 @@ def write_report(out: Path, state: dict[str, Any]) -> tuple[str, list[str], Path
 
 # --------------------------------------------------------------------------------------- main
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m recipes.demo",
         description="Offline GRPO demo on a CPU: base -> SFT priming -> GRPO, evaluated, with a report.",
     )
     parser.add_argument("--output_dir", default="runs/demo", help="demo directory (default runs/demo)")
     parser.add_argument("--resume", action="store_true", help="continue the demo in output_dir")
-    parser.add_argument("--model", default=None,
+    parser.add_argument("--model_name_or_path", dest="model", default=None,
                         help="model directory (default: the embedded SmolLM2-135M-Instruct, converted on first use)")
     parser.add_argument("--quick", action="store_true",
                         help="minutes-sized plumbing run (tiny counts; use with a tiny --model)")
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DemoError(f"--resume: {out} holds no demo (no {STATE}); drop --resume to start one")
 
         if args.model is None and not state:
-            from recipes.embedded import ensure_embedded_model
+            from core.embedded import ensure_embedded_model
 
             banner("model")
             model = str(ensure_embedded_model())

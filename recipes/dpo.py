@@ -24,7 +24,7 @@ and preference_generations.md, with the rows recorded in results_dir/comparison.
 
 from __future__ import annotations
 
-import recipes.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
+import core.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
 
 # isort: split
 from dataclasses import dataclass, field
@@ -34,23 +34,14 @@ from peft import PeftModel
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
+from core.adapters import adapter_base
+from core.cli import UserError, run_cli
+from core.config import ModelArguments, RunArguments, parse_args
+from core.guard import TrainingGuard
+from core.models import load_model_and_tokenizer, load_tokenizer
+from core.runs import JsonlMetricsCallback, prepare_output_dir, save_final, write_run_info
 from data.preference import DEFAULT_SOURCE, load_preference, resolve_system_prompt, sft_on_chosen
 from evaluate import preference as pref_eval
-from recipes.common import (
-    JsonlMetricsCallback,
-    ModelArguments,
-    RunArguments,
-    TrainingGuard,
-    UserError,
-    adapter_base,
-    load_model_and_tokenizer,
-    load_tokenizer,
-    parse_args,
-    prepare_output_dir,
-    run_cli,
-    save_final,
-    write_run_info,
-)
 
 # What DPOConfig.loss_type accepts in TRL 1.12 (checked against DPOTrainer._compute_loss).
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",

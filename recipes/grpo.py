@@ -20,10 +20,10 @@ start from a hub model, a merged model directory or an SFT adapter directory.
 Metrics in `<output_dir>/metrics.jsonl` (one row per logging step): `reward` (weighted sum),
 `rewards/<name>/mean` and `/std` per reward function, `frac_reward_zero_std` (groups that teach
 nothing), `completions/mean_length`, `completions/clipped_ratio`, `entropy`, `kl` when `beta > 0`, and
-where the step's time went (`time/generation`, `time/reward`, ...: `recipes/timing.py`).
+where the step's time went (`time/generation`, `time/reward`, ...: `core/timing.py`).
 """
 
-import recipes.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
+import core.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
 
 # isort: split
 from dataclasses import dataclass, field, fields
@@ -31,27 +31,17 @@ from dataclasses import dataclass, field, fields
 from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer
 
+from core.cli import UserError, run_cli
+from core.config import LAST_PARSE, ModelArguments, RunArguments, parse_args
+from core.guard import TrainingGuard
+from core.models import load_model_and_tokenizer, load_tokenizer
+from core.precision import has_cuda
+from core.runs import JsonlMetricsCallback, prepare_output_dir, save_final, write_run_info
+from core.timing import attach_grpo_step_timer
 from data.common import is_local
+from data.lengths import check_lengths
 from data.vi_gsm8k import DEFAULT_SOURCE, SYSTEM_PROMPT, load_vi_gsm8k
 from evaluate.gsm8k import make_training_eval_callback
-from recipes.common import (
-    LAST_PARSE,
-    JsonlMetricsCallback,
-    ModelArguments,
-    RunArguments,
-    TrainingGuard,
-    UserError,
-    check_lengths,
-    has_cuda,
-    load_model_and_tokenizer,
-    load_tokenizer,
-    parse_args,
-    prepare_output_dir,
-    run_cli,
-    save_final,
-    write_run_info,
-)
-from recipes.timing import attach_grpo_step_timer
 from rewards import get_reward_funcs
 
 

@@ -18,7 +18,7 @@ PPO), `metrics.jsonl`, `config.yaml`, `run_info.json`.
 
 from __future__ import annotations
 
-import recipes.boot  # noqa: F401  (Unsloth first: it patches transformers and TRL)
+import core.boot  # noqa: F401  (Unsloth first: it patches transformers and TRL)
 
 # isort: split
 import math
@@ -29,22 +29,14 @@ from pathlib import Path
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
+from core.cli import run_cli
+from core.config import ModelArguments, RunArguments, parse_args
+from core.files import write_json_atomic as write_json
+from core.guard import TrainingGuard
+from core.models import load_model_and_tokenizer, load_tokenizer
+from core.runs import JsonlMetricsCallback, prepare_output_dir, save_final, write_run_info
+from data.lengths import check_lengths
 from data.students_feedback import HUB_ID, load_texts
-from recipes.common import (
-    JsonlMetricsCallback,
-    ModelArguments,
-    RunArguments,
-    TrainingGuard,
-    check_lengths,
-    load_model_and_tokenizer,
-    load_tokenizer,
-    parse_args,
-    prepare_output_dir,
-    run_cli,
-    save_final,
-    write_json,
-    write_run_info,
-)
 
 
 @dataclass

@@ -26,19 +26,18 @@ How the pieces fit TRL's PPOTrainer:
 
 Output: `output_dir/model` (or `adapter` [+ `merged`]), `samples.jsonl` (prompt, response and
 reward on fixed held-out prompts every `sample_every` updates), `metrics.jsonl` (TRL's PPO
-statistics per update, and the rollout/update split of its time: `recipes/timing.py`), `metrics.json` (summary), `config.yaml`, `run_info.json`.
+statistics per update, and the rollout/update split of its time: `core/timing.py`), `metrics.json` (summary), `config.yaml`, `run_info.json`.
 """
 
 from __future__ import annotations
 
-import recipes.boot  # noqa: F401  (Unsloth first: it patches transformers and TRL)
+import core.boot  # noqa: F401  (Unsloth first: it patches transformers and TRL)
 
 # isort: split
 import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,85 +53,16 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer
 from trl.experimental.ppo.ppo_trainer import batch_generation, truncate_response
 from trl.experimental.utils import get_reward
 
-from data.students_feedback import HUB_ID, load_prompts
-from recipes.common import (
-    JsonlMetricsCallback,
-    ModelArguments,
-    RunArguments,
-    TrainingGuard,
-    UserError,
-    adapter_base,
-    is_local_path,
-    load_model_and_tokenizer,
-    parse_args,
-    prepare_output_dir,
-    run_cli,
-    save_final,
-    write_json,
-    write_run_info,
-)
-from recipes.timing import attach_ppo_step_timer
-from rewards.sentiment import SCORES, SentimentScorer, TextRewardAdapter
-
-
-@dataclass
-class PPOScriptArguments:
-    """Reward, prompts and sample logging (PPO's own options are TRL's `PPOConfig`).
-
-    Fields:
-        reward_model (`str`): classifier directory from `make reward-model` (any
-            `AutoModelForSequenceClassification`; its tokenizer may differ from the policy's).
-        reward_label (`str`, defaults to `"negative"`): the label whose score is the reward.
-        reward_score (`str`, defaults to `"logit"`): `logit` (published), `prob`,
-            `logit_if_predicted` or `margin` (see `rewards.sentiment.SentimentScorer`).
-        reward_text (`str`, defaults to `"full"`): score prompt + response (`full`, published) or
-            the response alone (`response`).
-        reward_batch_size (`int`, defaults to `64`) / reward_device (`str`, defaults to `"auto"`):
-            classifier batch and device.
-        value_model (`str`, *optional*): checkpoint for the value model; defaults to the policy's.
-        dataset_name (`str`, defaults to the hub id): hub id or local feedback file.
-        dataset_train_split / dataset_eval_split (`str`, `"train"` / `"validation"`): where the
-            training prompts and the held-out sample prompts come from.
-        validation_size (`float`, defaults to `0.2`) / split_seed (`int`, defaults to `42`): split
-            of a single local file.
-        prompt_min_chars (`int`, defaults to `50`), prompt_min_words (`int`, defaults to `2`),
-            prompt_max_words (`int`, defaults to `8`): prompts are the first 2-8 words of
-            sentences longer than 50 characters.
-        max_prompts (`int`, *optional*): use only the first N training prompts.
-        sample_every (`int`, defaults to `10`): PPO updates between sample logs (also the first
-            and the last update); 0 turns sample logging off.
-        sample_prompts (`int`, defaults to `8`): held-out prompts in each sample log.
-        columns (`dict[str, str]` or `str`, *optional*): your column names for the loader's fields,
-            e.g. `{sentence: cau, label: nhan}` in YAML or
-            `sentence=cau,label=nhan` on the command line.
-        bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
-            to this JSON Lines file (never over an existing file).
-    """
-
-    reward_model: str = field(default="", metadata={"help": "Classifier directory (make reward-model)."})
-    reward_label: str = field(default="negative", metadata={"help": "Label whose score is the reward."})
-    reward_score: str = field(default="logit", metadata={"help": f"One of {', '.join(SCORES)}."})
-    reward_text: str = field(default="full", metadata={"help": "'full' (prompt + response) or 'response'."})
-    reward_batch_size: int = field(default=64, metadata={"help": "Classifier batch size."})
-    reward_device: str = field(default="auto", metadata={"help": "Classifier device: auto, cpu, cuda."})
-    value_model: str | None = field(default=None, metadata={"help": "Value model checkpoint (default: policy)."})
-    dataset_name: str = field(default=HUB_ID, metadata={"help": "Hub id or local feedback file."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split for training prompts."})
-    dataset_eval_split: str = field(default="validation", metadata={"help": "Split for sample prompts."})
-    validation_size: float = field(default=0.2, metadata={"help": "Held-out fraction of a single local file."})
-    split_seed: int = field(default=42, metadata={"help": "Seed of that split and of the prompt lengths."})
-    prompt_min_chars: int = field(default=50, metadata={"help": "Only sentences longer than this."})
-    prompt_min_words: int = field(default=2, metadata={"help": "Fewest words in a prompt."})
-    prompt_max_words: int = field(default=8, metadata={"help": "Most words in a prompt."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
-    sample_every: int = field(default=10, metadata={"help": "Updates between sample logs (0: off)."})
-    sample_prompts: int = field(default=8, metadata={"help": "Held-out prompts per sample log."})
-    columns: dict[str, str] | str | None = field(
-        default=None, metadata={"help": "Your column names, e.g. sentence=cau,label=nhan."}
-    )
-    bad_rows_out: str | None = field(
-        default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
-    )
+from core.adapters import adapter_base, is_local_path
+from core.cli import UserError, run_cli
+from core.config import ModelArguments, RunArguments, parse_args
+from core.files import write_json_atomic as write_json
+from core.guard import TrainingGuard
+from core.models import load_model_and_tokenizer
+from core.runs import JsonlMetricsCallback, prepare_output_dir, save_final, write_run_info
+from core.timing import attach_ppo_step_timer
+from data.students_feedback import load_prompts
+from rewards.sentiment import SCORES, PPOScriptArguments, SentimentScorer, TextRewardAdapter
 
 
 def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:

@@ -17,7 +17,7 @@ Output: `output_dir/model` (classifier + tokenizer + text_preprocessing.json), `
 
 from __future__ import annotations
 
-import recipes.boot  # noqa: F401  (Unsloth first: it patches transformers)
+import core.boot  # noqa: F401  (Unsloth first: it patches transformers)
 
 # isort: split
 import os
@@ -37,19 +37,13 @@ from transformers import (
     set_seed,
 )
 
+from core.adapters import is_local_path
+from core.cli import UserError, run_cli
+from core.config import RunArguments, parse_args
+from core.files import write_json_atomic as write_json
+from core.guard import TrainingGuard
+from core.runs import JsonlMetricsCallback, prepare_output_dir, write_run_info
 from data.students_feedback import FIXTURE, HUB_ID, LABELS, load_feedback
-from recipes.common import (
-    JsonlMetricsCallback,
-    RunArguments,
-    TrainingGuard,
-    UserError,
-    is_local_path,
-    parse_args,
-    prepare_output_dir,
-    run_cli,
-    write_json,
-    write_run_info,
-)
 from rewards.sentiment import preprocess, save_preprocessing
 
 

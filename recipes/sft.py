@@ -16,7 +16,7 @@ The adapter lands in ``<output_dir>/adapter`` (with ``--save_merged``: a 16-bit 
 ``--resume``.
 """
 
-import recipes.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
+import core.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
 
 # isort: split
 from dataclasses import dataclass, field
@@ -24,21 +24,13 @@ from dataclasses import dataclass, field
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
+from core.cli import run_cli
+from core.config import ModelArguments, RunArguments, parse_args
+from core.guard import TrainingGuard
+from core.models import load_model_and_tokenizer, load_tokenizer
+from core.runs import JsonlMetricsCallback, prepare_output_dir, save_final, write_run_info
+from data.lengths import check_lengths
 from data.vi_gsm8k import DEFAULT_SOURCE, SYSTEM_PROMPT, load_vi_gsm8k
-from recipes.common import (
-    JsonlMetricsCallback,
-    ModelArguments,
-    RunArguments,
-    TrainingGuard,
-    check_lengths,
-    load_model_and_tokenizer,
-    load_tokenizer,
-    parse_args,
-    prepare_output_dir,
-    run_cli,
-    save_final,
-    write_run_info,
-)
 
 
 @dataclass

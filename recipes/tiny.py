@@ -10,11 +10,11 @@ reward model). They learn nothing useful; they exercise every code path in secon
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from data.files import staged_directory
+from core.cli import ArgumentParser
+from core.files import staged_directory
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 
@@ -164,7 +164,7 @@ def build_all(out: str | Path, force: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/tiny", help="directory to write the tiny models into")
     parser.add_argument("--force", action="store_true", help="rebuild even if already complete")
     args = parser.parse_args(argv)

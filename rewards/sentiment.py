@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from data.students_feedback import clean_sentence
+from data.students_feedback import HUB_ID, clean_sentence
 
 PREPROCESSING_FILE = "text_preprocessing.json"
 SCORES = ("logit", "prob", "logit_if_predicted", "margin")
@@ -279,3 +280,65 @@ class TextRewardAdapter(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
         """Scores `[B]` of the rows (what `get_reward` reads, without the broadcast)."""
         return self.backbone(input_ids, attention_mask).last_hidden_state[:, -1, 0]
+
+
+@dataclass
+class PPOScriptArguments:
+    """PPO's sentiment task: the reward, the prompts and sample logging (PPO's own options are
+    TRL's `PPOConfig`). Here rather than in recipes/ppo.py because evaluate/sentiment.py reads the
+    same YAML and must not import the recipe.
+
+    Fields:
+        reward_model (`str`): classifier directory from `make reward-model` (any
+            `AutoModelForSequenceClassification`; its tokenizer may differ from the policy's).
+        reward_label (`str`, defaults to `"negative"`): the label whose score is the reward.
+        reward_score (`str`, defaults to `"logit"`): `logit` (published), `prob`,
+            `logit_if_predicted` or `margin` (see `rewards.sentiment.SentimentScorer`).
+        reward_text (`str`, defaults to `"full"`): score prompt + response (`full`, published) or
+            the response alone (`response`).
+        reward_batch_size (`int`, defaults to `64`) / reward_device (`str`, defaults to `"auto"`):
+            classifier batch and device.
+        value_model (`str`, *optional*): checkpoint for the value model; defaults to the policy's.
+        dataset_name (`str`, defaults to the hub id): hub id or local feedback file.
+        dataset_train_split / dataset_eval_split (`str`, `"train"` / `"validation"`): where the
+            training prompts and the held-out sample prompts come from.
+        validation_size (`float`, defaults to `0.2`) / split_seed (`int`, defaults to `42`): split
+            of a single local file.
+        prompt_min_chars (`int`, defaults to `50`), prompt_min_words (`int`, defaults to `2`),
+            prompt_max_words (`int`, defaults to `8`): prompts are the first 2-8 words of
+            sentences longer than 50 characters.
+        max_prompts (`int`, *optional*): use only the first N training prompts.
+        sample_every (`int`, defaults to `10`): PPO updates between sample logs (also the first
+            and the last update); 0 turns sample logging off.
+        sample_prompts (`int`, defaults to `8`): held-out prompts in each sample log.
+        columns (`dict[str, str]` or `str`, *optional*): your column names for the loader's fields,
+            e.g. `{sentence: cau, label: nhan}` in YAML or
+            `sentence=cau,label=nhan` on the command line.
+        bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
+            to this JSON Lines file (never over an existing file).
+    """
+
+    reward_model: str = field(default="", metadata={"help": "Classifier directory (make reward-model)."})
+    reward_label: str = field(default="negative", metadata={"help": "Label whose score is the reward."})
+    reward_score: str = field(default="logit", metadata={"help": f"One of {', '.join(SCORES)}."})
+    reward_text: str = field(default="full", metadata={"help": "'full' (prompt + response) or 'response'."})
+    reward_batch_size: int = field(default=64, metadata={"help": "Classifier batch size."})
+    reward_device: str = field(default="auto", metadata={"help": "Classifier device: auto, cpu, cuda."})
+    value_model: str | None = field(default=None, metadata={"help": "Value model checkpoint (default: policy)."})
+    dataset_name: str = field(default=HUB_ID, metadata={"help": "Hub id or local feedback file."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split for training prompts."})
+    dataset_eval_split: str = field(default="validation", metadata={"help": "Split for sample prompts."})
+    validation_size: float = field(default=0.2, metadata={"help": "Held-out fraction of a single local file."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of that split and of the prompt lengths."})
+    prompt_min_chars: int = field(default=50, metadata={"help": "Only sentences longer than this."})
+    prompt_min_words: int = field(default=2, metadata={"help": "Fewest words in a prompt."})
+    prompt_max_words: int = field(default=8, metadata={"help": "Most words in a prompt."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
+    sample_every: int = field(default=10, metadata={"help": "Updates between sample logs (0: off)."})
+    sample_prompts: int = field(default=8, metadata={"help": "Held-out prompts per sample log."})
+    columns: dict[str, str] | str | None = field(
+        default=None, metadata={"help": "Your column names, e.g. sentence=cau,label=nhan."}
+    )
+    bad_rows_out: str | None = field(
+        default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
+    )

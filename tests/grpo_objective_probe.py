@@ -12,12 +12,12 @@ import dataclasses
 import json
 import sys
 
-import recipes.boot  # noqa: F401  (Unsloth's CPU backend, as in every entry point)
+import core.boot  # noqa: F401  (Unsloth's CPU backend, as in every entry point)
 
 # isort: split
 import trl
 
-from recipes.common import ModelArguments, RunArguments, parse_args
+from core.config import ModelArguments, RunArguments, parse_args
 from recipes.grpo import GRPOScriptArguments
 
 

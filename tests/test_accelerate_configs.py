@@ -71,7 +71,7 @@ def test_multi_node_flags_override_the_file():
 
 
 def test_launcher_environment_for_sharded_configs(monkeypatch):
-    """What the training processes will see: the variables recipes.common.current_launch reads."""
+    """What the training processes will see: the variables core.launch.current_launch reads."""
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
     args = launch_args("fsdp.yaml", "--num_processes", "2")

@@ -1,4 +1,4 @@
-"""recipes/adapters.py: an adapter's base is found from any working directory and after moves."""
+"""core/adapters.py: an adapter's base is found from any working directory and after moves."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from recipes.adapters import BASE_RECORD, base_candidates, record_adapter_base, resolve_adapter_base
-from recipes.common import UserError, adapter_base
+from core.adapters import (
+    BASE_RECORD,
+    adapter_base,
+    base_candidates,
+    record_adapter_base,
+    resolve_adapter_base,
+)
+from core.cli import UserError
 
 
 def make_model(path: Path) -> Path:
@@ -59,7 +65,7 @@ def test_relative_base_resolves_from_another_working_directory(tmp_path, monkeyp
     adapter = make_adapter(root / "runs/demo/grpo/adapter", "runs/demo/sft/merged")
     monkeypatch.chdir(tmp_path)
     assert resolve_adapter_base(adapter) == str(base)
-    assert adapter_base(str(adapter)) == str(base)  # recipes.common goes through it
+    assert adapter_base(str(adapter)) == str(base)  # core.adapters.adapter_base goes through it
     # ... and after the whole project moved
     moved = tmp_path / "moved-project"
     shutil.move(root, moved)

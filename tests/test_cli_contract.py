@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 import pytest
 
-import recipes.boot  # noqa: F401
-from recipes.common import UserError, parse_args
+import core.boot  # noqa: F401
+from core.cli import UserError
+from core.config import parse_args
 from tests.conftest import run_entry
 
 
@@ -47,3 +48,19 @@ def test_a_recipe_refuses_an_abbreviated_flag_in_one_line(tmp_path):
     assert proc.returncode == 2 and errors == ["error: unknown command-line option(s): --max_step "
                                                 "(did you mean --max_steps?) 2"]
     assert not (tmp_path / "x").exists()
+
+
+def test_commands_without_a_yaml_config_follow_the_same_contract(capsys):
+    """The argparse-based commands (deploy, plots, data reports, the demo) use core.cli.ArgumentParser."""
+    from core.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="x")
+    parser.add_argument("--model_name_or_path", dest="model")
+    parser.add_argument("--max_new_tokens", type=int, default=1)
+    args = parser.parse_args(["--model", "runs/a/adapter"])  # the old name of make chat/export/serve
+    assert args.model == "runs/a/adapter" and "--model is now --model_name_or_path" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--max_new_token", "5"])  # not abbreviated
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max_new_token (did you mean --max_new_tokens?)" in err

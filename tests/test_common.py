@@ -9,19 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
-from recipes.common import (
-    ModelArguments,
-    RunArguments,
-    UserError,
-    config_to_dict,
-    default_target_modules,
-    ensure_pad_token,
-    load_model_and_tokenizer,
-    parse_args,
-    prepare_output_dir,
-    write_run_info,
-)
+import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
+from core.cli import UserError
+from core.config import ModelArguments, RunArguments, config_to_dict, parse_args
+from core.models import default_target_modules, ensure_pad_token, load_model_and_tokenizer
+from core.runs import prepare_output_dir, write_run_info
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -80,7 +72,7 @@ def test_loader_continues_an_adapter_directory(tiny_models, tmp_path):
 
 def test_every_recipe_and_eval_entry_resolves_the_name_in_the_loader(tiny_models, monkeypatch):
     """`model_name_or_path: embedded` works in any config because the one loader resolves it."""
-    from recipes import embedded
+    from core import embedded
 
     monkeypatch.setattr(embedded, "ensure_embedded_model", lambda *args, **kwargs: tiny_models / "qwen2")
     margs = ModelArguments(model_name_or_path="embedded", backend="hf", dtype="float32", use_peft=False)
@@ -91,8 +83,9 @@ def test_every_recipe_and_eval_entry_resolves_the_name_in_the_loader(tiny_models
 
 def test_an_unreachable_embedded_model_is_one_line_from_a_recipe(tmp_path, monkeypatch, capsys):
     """A recipe naming `embedded` on a machine that cannot fetch it: one line, exit 2, no run folder."""
-    from recipes import embedded, sft
-    from recipes.common import run_cli
+    from core import embedded
+    from core.cli import run_cli
+    from recipes import sft
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("VIRL_CACHE", str(tmp_path / "cache"))
@@ -203,7 +196,8 @@ def test_cli_error_is_one_line_and_nonzero(tmp_path):
     script = tmp_path / "entry.py"
     script.write_text(textwrap.dedent("""\
         import sys
-        from recipes.common import ModelArguments, parse_args, run_cli
+        from core.cli import run_cli
+        from core.config import ModelArguments, parse_args
         run_cli(lambda argv: parse_args([ModelArguments], argv), sys.argv[1:])
         """))
     cfg = tmp_path / "bad.yaml"
@@ -234,8 +228,8 @@ def test_run_directory_is_never_clobbered(tmp_path):
 
 def test_a_run_that_stops_on_a_user_error_leaves_no_run_folder(tmp_path, capsys):
     """run_cli removes the run directory the run created when it stops before saving anything."""
+    from core.cli import run_cli
     from data.common import DataError
-    from recipes.common import run_cli
 
     def failing_run(out, after_records):
         def main(argv):

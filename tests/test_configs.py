@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
-from recipes.common import UserError, parse_args
+import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
+from core.cli import UserError
+from core.config import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 # configs/<dir>/ -> the module whose ARGUMENT_TYPES parse it.

@@ -2,7 +2,7 @@
 tokenizer spreads a Vietnamese letter over several tokens, and decoding half of it shows U+FFFD
 ("Nh\ufffd" in the DPO report's side-by-side answers)."""
 
-import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
+import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
 
 # isort: split
 import torch

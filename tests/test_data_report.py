@@ -60,7 +60,7 @@ def test_contamination_on_the_readme_fixtures_finds_the_planted_copy():
 
 def test_report_files_and_refusal_to_overwrite(tiny_models, tmp_path, capsys):
     out = tmp_path / "report"
-    args = ["--source", str(TRAIN), "--test", str(TEST), "--columns", COLUMNS, "--model", str(tiny_models / "qwen2"),
+    args = ["--source", str(TRAIN), "--test", str(TEST), "--columns", COLUMNS, "--model_name_or_path", str(tiny_models / "qwen2"),
             "--out", str(out), "--bad_rows_out", str(tmp_path / "bad.jsonl")]
     assert main(args) == 0
     text = (out / "report.md").read_text(encoding="utf-8")
@@ -101,10 +101,10 @@ def test_make_target_resolves_the_embedded_model_and_passes_the_options():
     proc = run_entry(["make", "-n", "data-report", f"SOURCE={TRAIN}", f"TEST={TEST}", f"COLUMNS={COLUMNS}",
                       "MODEL=embedded", "EMBEDDED=/models/smol"])
     assert (f"-m data.report --source '{TRAIN}' --kind math --out 'runs/data-report' --test '{TEST}' "
-            f"--columns '{COLUMNS}' --model '/models/smol'") in proc.stdout
-    # Without MODEL, recipes.embedded never runs.
+            f"--columns '{COLUMNS}' --model_name_or_path '/models/smol'") in proc.stdout
+    # Without MODEL, core.embedded never runs.
     proc = run_entry(["make", "-n", "data-report", f"SOURCE={TRAIN}", "PY=/nonexistent/python"])
-    assert "--model" not in proc.stdout and "nonexistent/python -m data.report" in proc.stdout
+    assert "--model_name_or_path" not in proc.stdout and "nonexistent/python -m data.report" in proc.stdout
 
 
 def test_a_bad_source_is_one_line_and_exit_2(tmp_path):

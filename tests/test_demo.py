@@ -63,7 +63,7 @@ def check_report(out, n_test):
 
 def test_quick_demo_writes_the_report_refuses_to_clobber_and_resumes(tiny_models, tmp_path):
     out = tmp_path / "demo"
-    args = ["--quick", "--model", str(tiny_models / "qwen2"), "--output_dir", str(out)]
+    args = ["--quick", "--model_name_or_path", str(tiny_models / "qwen2"), "--output_dir", str(out)]
     proc = demo(args)
     check_report(out, n_test=8)
     # The last lines printed are the table, the two bootstrap lines and where the report is.
@@ -95,7 +95,7 @@ def test_quick_demo_writes_the_report_refuses_to_clobber_and_resumes(tiny_models
 
 def test_a_failed_stage_stops_the_demo_and_says_how_to_continue(tiny_models, tmp_path):
     out = tmp_path / "demo"
-    proc = demo(["--quick", "--model", str(tiny_models / "qwen2"), "--output_dir", str(out),
+    proc = demo(["--quick", "--model_name_or_path", str(tiny_models / "qwen2"), "--output_dir", str(out),
                  "--eval_args", "--batch_size 0"], check=False)
     assert proc.returncode == 2 and "stage 'eval_base' failed" in proc.stderr and "--resume" in proc.stderr
     assert list(json.loads((out / "demo_state.json").read_text())["stages"]) == ["data"]
@@ -107,7 +107,7 @@ def test_a_failed_stage_stops_the_demo_and_says_how_to_continue(tiny_models, tmp
     [
         (["--resume"], "holds no demo"),
         (["--grpo_args", "--system_prompt 'Khác.'"], "different system prompts"),
-        (["--model", "no/such/dir"], "model directory not found"),
+        (["--model_name_or_path", "no/such/dir"], "model directory not found"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, args, message):

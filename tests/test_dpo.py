@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
+import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
+from core.cli import UserError
 from data.preference import FIXTURE
 from recipes import dpo
-from recipes.common import UserError
 from tests.conftest import ROOT, run_entry
 
 TINY = "configs/dpo/tiny.yaml"
@@ -120,7 +120,7 @@ def test_every_trl_loss_type_is_accepted_by_dpo_config():
 
 
 def test_the_demo_config_names_its_model_so_a_renamed_copy_keeps_it(tmp_path):
-    """The loader resolves `model_name_or_path: embedded`; make adds nothing and never runs recipes.embedded."""
+    """The loader resolves `model_name_or_path: embedded`; make adds nothing and never runs core.embedded."""
     import yaml
 
     copy = tmp_path / "my-pairs.yaml"  # no "demo" in the name
@@ -136,7 +136,7 @@ def test_the_demo_config_names_its_model_so_a_renamed_copy_keeps_it(tmp_path):
 def test_shipped_configs_parse_into_the_recipe_options(name):
     from trl import DPOConfig
 
-    from recipes.common import ModelArguments, RunArguments, parse_args
+    from core.config import ModelArguments, RunArguments, parse_args
 
     pargs, targs, margs, _ = parse_args([dpo.PreferenceArguments, DPOConfig, ModelArguments, RunArguments],
                                         ["--config", str(ROOT / "configs" / "dpo" / f"{name}.yaml")])

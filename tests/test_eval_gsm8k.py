@@ -7,7 +7,8 @@ import os
 import pytest
 from conftest import ROOT, run_entry
 
-import recipes.boot  # noqa: F401  (Unsloth before transformers, as in every entry point)
+import core.boot  # noqa: F401  (Unsloth before transformers, as in every entry point)
+from core.cli import UserError
 from evaluate.gsm8k import (
     VietnameseTokenizer,
     aggregate,
@@ -20,7 +21,6 @@ from evaluate.gsm8k import (
     scored_path,
     text_metrics,
 )
-from recipes.common import UserError
 
 FIXTURE = str(ROOT / "data" / "fixtures" / "vi_gsm8k_sample.jsonl")
 ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -125,8 +125,8 @@ def test_default_run_name(model, name):
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_eval_configs_parse(config):
+    from core.config import ModelArguments, parse_args
     from evaluate.gsm8k import EvalArguments
-    from recipes.common import ModelArguments, parse_args
 
     margs, eargs = parse_args([ModelArguments, EvalArguments], ["--config", str(config), "--model_name_or_path", "m"])
     assert eargs.max_new_tokens > 0 and eargs.results_dir
@@ -203,7 +203,7 @@ def _read_jsonl(path):
 
 def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lora_adapter, tmp_path):
     res = tmp_path / "eval"
-    common = f"--dataset {FIXTURE} --limit 6 --seed 1 --max_new_tokens 16 --results_dir {res}"
+    common = f"--dataset_name {FIXTURE} --limit 6 --seed 1 --max_new_tokens 16 --results_dir {res}"
     # 1. The user entry point, default (Unsloth) backend, greedy.
     proc = run_entry(["make", "eval", f"MODEL={tiny_models / 'qwen2'}", f"ARGS={common} --run_name base --dtype float32"],
                      env=ENV)
@@ -267,7 +267,8 @@ def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lor
 
 # ------------------------------------------------------------------ generation and training eval
 def _load(path, backend="hf"):
-    from recipes.common import ModelArguments, load_model_and_tokenizer
+    from core.config import ModelArguments
+    from core.models import load_model_and_tokenizer
 
     margs = ModelArguments(model_name_or_path=str(path), dtype="float32", backend=backend, max_seq_length=512)
     return load_model_and_tokenizer(margs, for_training=False)
@@ -301,9 +302,9 @@ def test_training_eval_callback_logs_and_restores_the_model(tiny_models, tmp_pat
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
+    from core.runs import JsonlMetricsCallback
     from data.vi_gsm8k import load_vi_gsm8k
     from evaluate.gsm8k import TRAIN_EVAL_FILE, make_training_eval_callback
-    from recipes.common import JsonlMetricsCallback
 
     model, tokenizer = _load(tiny_models / "qwen2")
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
+import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
+from core.config import ModelArguments
+from core.models import load_model_and_tokenizer
 from data.preference import FIXTURE, load_preference
 from evaluate import preference as pe
-from recipes.common import ModelArguments, load_model_and_tokenizer
 
 
 def tiny_lora(tiny_models):

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from core.cli import UserError, run_cli
 from deploy import export as export_mod
 from deploy import llamacpp
 from deploy.card import is_chatml, modelfile
 from deploy.gguf_convert import QWEN2_SPLIT, llama_cpp_rule
-from recipes.common import UserError, run_cli
 from tests.conftest import ROOT, run_entry
 
 

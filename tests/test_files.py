@@ -1,10 +1,10 @@
-"""data/files.py: atomic writes of files and staged directories."""
+"""core/files.py: atomic writes of files and staged directories."""
 
 import json
 
 import pytest
 
-from data.files import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from core.files import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 
 def test_atomic_files_keep_vietnamese_and_leave_no_temp(tmp_path):

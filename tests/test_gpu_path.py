@@ -13,16 +13,14 @@ import types
 import pytest
 import torch
 
-import recipes.boot  # noqa: F401
-import recipes.common as common
-from recipes.common import (
-    ModelArguments,
-    UserError,
-    is_prequantized,
-    load_model_and_tokenizer,
-    merge_adapter,
-    name_16bit_base,
-)
+import core.adapters
+import core.boot  # noqa: F401
+import core.precision
+from core.adapters import is_prequantized, name_16bit_base
+from core.cli import UserError
+from core.config import ModelArguments
+from core.merge import merge_adapter
+from core.models import load_model_and_tokenizer
 
 
 @pytest.fixture
@@ -38,7 +36,7 @@ def unsloth_calls(monkeypatch, tiny_models):
     def fake(**kwargs):
         calls.append(kwargs)
         name = kwargs["model_name"]
-        base = common.adapter_base(name)
+        base = core.adapters.adapter_base(name)
         model = AutoModelForCausalLM.from_pretrained(base or name, dtype=kwargs["dtype"])
         tokenizer = AutoTokenizer.from_pretrained(name)
         if base:
@@ -124,7 +122,7 @@ def test_an_adapter_is_handed_to_unsloth_whole(tiny_models, tmp_path, monkeypatc
 def test_vllm_slots_hold_the_adapter_being_continued(unsloth_calls, tiny_models, tmp_path, monkeypatch):
     """fast_inference on a GPU: vLLM's max_lora_rank must be at least the continued adapter's rank."""
     adapter = _adapter(tiny_models, tmp_path, r=32)
-    monkeypatch.setattr(common, "has_cuda", lambda: True)
+    monkeypatch.setattr(core.precision, "has_cuda", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA L4")
     monkeypatch.setenv("VIRL_BF16", "1")
     monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))

@@ -104,7 +104,7 @@ def test_user_mistakes_fail_before_any_work(tmp_path, args, message):
     """In-process (the command-line wrapper that turns UserError into one line and exit code 2 is
     exercised by the refusal above); nothing may be created before the mistake is reported."""
     import recipes.grpo as grpo
-    from recipes.common import UserError
+    from core.cli import UserError
 
     run_dir = tmp_path / "never"
     with pytest.raises(UserError) as err:
@@ -122,7 +122,7 @@ def test_shipped_grpo_configs_are_consistent(name):
     import yaml
 
     import recipes.grpo as grpo
-    from recipes.common import ModelArguments, RunArguments, parse_args
+    from core.config import ModelArguments, RunArguments, parse_args
     from rewards import get_reward_funcs
 
     script, train, model, _ = parse_args(

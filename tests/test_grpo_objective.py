@@ -11,7 +11,7 @@ import os
 import pytest
 import yaml
 
-import recipes.boot  # noqa: F401
+import core.boot  # noqa: F401
 from recipes.grpo import LOSS_KEYS, report_objective
 from tests.conftest import ROOT, run_entry
 

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-import recipes.boot  # noqa: F401
-from recipes.common import TrainingGuard, UserError, require_trainable
+import core.boot  # noqa: F401
+from core.cli import UserError
+from core.guard import TrainingGuard
+from core.models import require_trainable
 
 
 class State:

@@ -1,6 +1,6 @@
 """Multi-process launches: `make grpo/dpo NPROC=2 ACCELERATE=configs/accelerate/cpu_ddp.yaml` really
 trains as one 2-process DDP job on the CPU (gloo), and only rank 0 writes the run directory; plus the
-launch checks of `recipes.common` (which processes, where the weights go, what is refused).
+launch checks of `core.launch` (which processes, where the weights go, what is refused).
 
 One 2-process run (GRPO, the default Unsloth backend) is in the default suite; each costs about a
 minute on 2 cores, so the other backend/recipe pairs are marked slow.
@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from recipes.common import (
-    Launch,
-    ModelArguments,
-    UserError,
-    check_launch,
-    current_launch,
-    hf_device_map,
-    quant_storage_for_launch,
-)
+from core.cli import UserError
+from core.config import ModelArguments
+from core.launch import Launch, check_launch, current_launch, hf_device_map, quant_storage_for_launch
 from tests.conftest import run_entry
 
 THREADS = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -165,7 +159,7 @@ def test_hf_loader_builds_the_sharding_quant_config(launch_env, monkeypatch):
     import torch
     import transformers
 
-    import recipes.common as common
+    import core.models as models
 
     launch_env(WORLD_SIZE="2", ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
     seen = {}
@@ -177,7 +171,7 @@ def test_hf_loader_builds_the_sharding_quant_config(launch_env, monkeypatch):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
     margs = ModelArguments(model_name_or_path="m", backend="hf", load_in_4bit=True)
     with pytest.raises(OSError):
-        common._load_hf(margs, "m", torch.bfloat16, True, "cuda")
+        models._load_hf(margs, "m", torch.bfloat16, True, "cuda")
     assert seen["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
     assert seen["device_map"] is None
 

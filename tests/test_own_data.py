@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
-from recipes import embedded
-from recipes.common import run_cli
+import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
+from core import embedded
+from core.cli import run_cli
 from tests.conftest import ROOT
 
 MATH_CSV = ROOT / "data" / "fixtures" / "bai_toan.csv"
@@ -76,7 +76,7 @@ def entry_points(tmp_path):
         "reward_model": ("recipes.reward_model", ["--config", "configs/reward_model/tiny.yaml", "--dataset_name",
                                                   feedback, "--columns", "sentence=cau,label=nhan"],
                          "[data] 12 train / 3 eval sentences"),
-        "eval": ("evaluate.gsm8k", ["--config", "configs/eval/tiny.yaml", "--dataset", str(MATH_CSV),
+        "eval": ("evaluate.gsm8k", ["--config", "configs/eval/tiny.yaml", "--dataset_name", str(MATH_CSV),
                                     "--columns", MATH_COLUMNS, "--results_dir", str(tmp_path / "eval"),
                                     "--limit", "100"], "[eval] 27 problems"),
     }

@@ -37,7 +37,7 @@ def test_make_lm_ppo_eval_chain_tiny(tmp_path, tiny_models):
     assert (ppo / "model" / "model.safetensors").is_file()
     steps = [row for row in _jsonl(ppo / "metrics.jsonl") if "objective/scores" in row]
     assert len(steps) == 2 and all("objective/kl" in row for row in steps)
-    for row in steps:  # where each update's time went (recipes/timing.py)
+    for row in steps:  # where each update's time went (core/timing.py)
         assert 0 < row["time/generation"] + row["time/reward"] <= row["time/rollout"]
         assert 0 < row["time/optimizer"] <= row["time/update"]
         assert row["time/rollout"] + row["time/update"] == pytest.approx(row["time/step"], abs=2e-3)

@@ -1,10 +1,11 @@
-"""One precision decision per device (recipes/precision.py), applied before TrainingArguments exist."""
+"""One precision decision per device (core/precision.py), applied before TrainingArguments exist."""
 
 import pytest
 
-import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
-from recipes import precision as P
-from recipes.common import UserError, apply_precision, parse_args
+import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
+from core import precision as P
+from core.cli import UserError
+from core.config import apply_precision, parse_args
 
 # (requested dtype, device, bf16 native?) -> chosen dtype
 DECISIONS = [

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from core.cli import UserError
 from deploy import serve
-from recipes.common import UserError
 from tests.conftest import ROOT
 from tests.test_chat import free_port
 

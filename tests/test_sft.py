@@ -61,7 +61,7 @@ def test_sft_configs_parse_and_hold_the_published_settings():
     import yaml
 
     import recipes.sft as sft
-    from recipes.common import ModelArguments, RunArguments, parse_args
+    from core.config import ModelArguments, RunArguments, parse_args
 
     path = ROOT / "configs/sft/qwen2.5-3b.yaml"
     # What a GPU user gets (on this CPU machine Unsloth swaps the 8-bit optimizer, so read the YAML).

@@ -26,13 +26,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-import recipes.boot  # noqa: F401  (Unsloth first, as in every entry point)
-from data.lengths import LengthBudgetError, sequence_lengths
+import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
+from core.config import parse_args
+from core.precision import decide
+from data.lengths import LengthBudgetError, check_lengths, sequence_lengths
 from data.preference import FIXTURE as PAIRS
 from data.preference import load_preference
 from data.vi_gsm8k import load_vi_gsm8k
-from recipes.common import check_lengths, parse_args
-from recipes.precision import decide
 from recipes.tiny import CHATML_TEMPLATE
 from tests.conftest import ROOT
 

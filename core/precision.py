@@ -22,6 +22,13 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core.cli import UserError
+from core.launch import is_main_process
+
+if TYPE_CHECKING:
+    from core.config import ModelArguments
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 OVERRIDE = "VIRL_BF16"
@@ -132,3 +139,39 @@ def decide_for(requested: str | None, device: str) -> Precision:
     """`decide` with this machine's answer (or the VIRL_BF16 override)."""
     native, evidence = native_bf16(device)
     return decide(requested, device, native, evidence)
+
+
+# ------------------------------------------------------------------------- devices, announced
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(requested: str | None) -> str:
+    """`auto`/`cuda`/`cpu` -> the device a run uses, failing clearly when `cuda` is asked of a machine
+    without a GPU (instead of silently training on the CPU)."""
+    requested = requested or "auto"
+    if requested == "cuda" and not has_cuda():
+        raise UserError("device: cuda was requested but no CUDA GPU is visible; use device: auto (or cpu)")
+    return "cuda" if (requested != "cpu" and has_cuda()) else "cpu"
+
+
+def check_device(margs: ModelArguments) -> str:
+    """Resolve `margs.device` (see `resolve_device`)."""
+    return resolve_device(margs.device)
+
+
+_ANNOUNCED: set[Precision] = set()
+
+
+def precision_for(requested: str | None, device: str) -> Precision:
+    """The precision decision (core/precision.py) for this machine, printed once per process."""
+    try:
+        precision = decide_for(requested, device)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if precision not in _ANNOUNCED and is_main_process():
+        _ANNOUNCED.add(precision)
+        print(precision.line())
+    return precision

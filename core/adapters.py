@@ -1,4 +1,5 @@
-"""Find a LoRA adapter's base model from any working directory, even after its run folder moved.
+"""LoRA adapter directories: their base found from anywhere (even after the run folder moved), their
+rank, and the 16-bit model they name as base (never Unsloth's 4-bit copy).
 
 PEFT records the base in `adapter_config.json` as the string the run was given: a hub id, or a
 path such as `runs/demo/sft/merged` that is relative to wherever `make` ran. Read from another
@@ -21,7 +22,7 @@ and transformers then reads it as a malformed hub id ("Repo id must be in the fo
 When none exists, a base that is known to be local (the record says so, or the name can only be
 a path) is an error that says where it looked; anything else is taken as a hub id.
 
-`record_adapter_base` writes the record; `recipes.common.save_final` calls it after saving.
+`record_adapter_base` writes the record; `core.runs.save_final` calls it after saving.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from data.files import write_json_atomic
-from recipes.common import UserError, is_local_path
+from core.cli import UserError
+from core.files import write_json_atomic
 
 BASE_RECORD = "vi_rl_base.json"
 
@@ -135,3 +136,83 @@ def record_adapter_base(adapter_dir: str | Path, requested: str | None = None) -
         record["kind"] = "hub"
     write_json_atomic(adapter / BASE_RECORD, record)
     return record
+
+
+# ------------------------------------------------------------- naming, rank, 16-bit base, view
+def is_local_path(name: str) -> bool:
+    """A model name that can only be a local path (hub ids look like 'org/name')."""
+    return name.startswith((".", "/", "~")) or os.path.exists(name) or name.count("/") > 1
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model named by a LoRA adapter directory, or None if `path` is not an adapter."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    from core.adapters import resolve_adapter_base  # any working directory, moved run folders
+
+    return resolve_adapter_base(path)
+
+
+def adapter_view(adapter_dir: str, base: str) -> str:
+    """The adapter as Unsloth should see it. Unsloth reads `base_model_name_or_path` as written, so
+    a base recorded as a relative path (run from another directory, or a moved run folder) would
+    not load; then a temporary view of the adapter (its files linked, its config naming the base
+    resolved by core/adapters.py) is handed over instead. Nothing in the run folder changes."""
+    import atexit
+    import shutil
+    import tempfile
+
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    recorded = config.get("base_model_name_or_path") or ""
+    if recorded == base or not os.path.isdir(base) or (
+            os.path.isdir(recorded) and Path(recorded).resolve() == Path(base).resolve()):
+        return adapter_dir  # it loads as written (a hub id, or a path valid from here)
+    view = Path(tempfile.mkdtemp(prefix="virl-adapter-"))
+    atexit.register(shutil.rmtree, view, ignore_errors=True)
+    for item in Path(adapter_dir).iterdir():
+        if item.name != "adapter_config.json":
+            (view / item.name).symlink_to(item.resolve())
+    config["base_model_name_or_path"] = base
+    (view / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return str(view)
+
+
+def adapter_rank(path: str) -> int | None:
+    """The LoRA rank `r` of an adapter directory (None when `path` is not one)."""
+    config = Path(path) / "adapter_config.json"
+    return json.loads(config.read_text()).get("r") if config.is_file() else None
+
+
+def is_prequantized(name: str) -> bool:
+    """A checkpoint stored quantized (Unsloth's `...-bnb-4bit` repos, or a local dir whose config
+    carries a `quantization_config`): merging into it keeps the quantization rounding."""
+    if "bnb-4bit" in name.lower() or "bnb-8bit" in name.lower():
+        return True
+    config = Path(name) / "config.json"
+    return config.is_file() and "quantization_config" in json.loads(config.read_text())
+
+
+def sixteen_bit_name(model_name_or_path: str | None) -> str | None:
+    """The 16-bit model a run's adapter sits on: the base of an adapter being continued, else the model."""
+    name = model_name_or_path or ""
+    return (adapter_base(name) if os.path.isdir(name) else None) or name or None
+
+
+def name_16bit_base(adapter_dir: str, intended: str | None) -> None:
+    """Make the adapter name the 16-bit model it was trained on as its base.
+
+    Loading `unsloth/Qwen2.5-3B-Instruct` in 4-bit, Unsloth fetches its pre-quantized
+    `...-bnb-4bit` copy, and PEFT records that copy as the adapter's base: everything that later
+    loads the adapter (merging, vLLM, `make eval`) would start from NF4 weights. The 16-bit name the
+    user gave is the right base for all of them; a 4-bit training run re-quantizes it on load.
+    """
+    recorded = adapter_base(adapter_dir)
+    if not recorded or not intended or recorded == intended:
+        return
+    if is_prequantized(recorded) and not is_prequantized(intended):
+        path = Path(adapter_dir) / "adapter_config.json"
+        config = json.loads(path.read_text())
+        config["base_model_name_or_path"] = intended
+        write_json_atomic(path, config)
+        print(f"[run] {adapter_dir}: base recorded as the 16-bit {intended}, not the 4-bit copy {recorded}")

@@ -26,6 +26,7 @@ from data.common import DataError
 from data.files import write_json_atomic as write_json
 from data.files import write_text_atomic
 from recipes.precision import Precision, decide_for
+from recipes.threads import apply_cpu_threads
 
 
 class UserError(Exception):
@@ -33,8 +34,10 @@ class UserError(Exception):
 
 
 def run_cli(main, argv: list[str] | None = None) -> None:
-    """Run a recipe's `main(argv)`, turning user mistakes into one clear line and exit code 2."""
+    """Run a recipe's `main(argv)`, turning user mistakes into one clear line and exit code 2. On a
+    CPU it first sets the thread count to the cores other jobs leave free (`recipes.threads`)."""
     try:
+        apply_cpu_threads()
         main(argv)
     except (UserError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

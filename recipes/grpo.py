@@ -51,6 +51,7 @@ from recipes.common import (
     save_final,
     write_run_info,
 )
+from recipes.grpo_guards import ZeroVarianceGuard
 from rewards import get_reward_funcs
 
 
@@ -77,6 +78,11 @@ class GRPOScriptArguments:
             `dataset_name` (split `eval_split`). Set it when training on a local file, which has
             no separate test split.
         eval_split (`str`, defaults to `"test"`): split of a hub eval dataset.
+        zero_std_guard_steps (`int`, defaults to `5`): stop the run with the reason when
+            `frac_reward_zero_std` is at least `zero_std_guard_threshold` at every logged step of
+            the first this-many steps (`recipes.grpo_guards`); 0 turns the check off.
+        zero_std_guard_threshold (`float`, defaults to `0.95`): share of groups with identical
+            rewards that counts as "nothing to learn from".
     """
 
     dataset_name: str = field(default=DEFAULT_SOURCE, metadata={"help": "Hub id or local data file."})
@@ -93,6 +99,12 @@ class GRPOScriptArguments:
     eval_limit: int = field(default=50, metadata={"help": "Held-out problems per training-time evaluation."})
     eval_dataset_name: str | None = field(default=None, metadata={"help": "Held-out data (default: dataset_name)."})
     eval_split: str = field(default="test", metadata={"help": "Split of a hub eval dataset."})
+    zero_std_guard_steps: int = field(
+        default=5, metadata={"help": "Stop when frac_reward_zero_std stays >= the threshold for the first N steps (0: off)."}
+    )
+    zero_std_guard_threshold: float = field(
+        default=0.95, metadata={"help": "Share of identical-reward groups that counts as no signal."}
+    )
 
 
 # The dataclasses a config of this recipe fills (tests parse every shipped YAML with them).
@@ -132,6 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     if weights is not None and len(weights) != len(reward_funcs):
         raise UserError(f"reward_weights has {len(weights)} values for {len(reward_funcs)} reward_funcs "
                         f"{script_args.reward_funcs}; give one weight per reward")
+    try:
+        guard = ZeroVarianceGuard(script_args.zero_std_guard_steps, script_args.zero_std_guard_threshold,
+                                  temperature=training_args.temperature)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if training_args.use_vllm and not has_cuda():
         raise UserError("use_vllm needs a CUDA GPU with vLLM; set use_vllm: false (HF generate) on this machine")
     checkpoint = prepare_output_dir(training_args.output_dir, run_args.resume)
@@ -187,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard(what="the policy")],
+        # JsonlMetricsCallback first: the zero-variance guard may end the run at a log, after it is written.
+        callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard(what="the policy"), guard],
     )
     if eval_dataset is not None:
         trainer.add_callback(make_training_eval_callback(
@@ -198,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                           "generation": "vLLM" if training_args.use_vllm else "HF generate",
                           "objective": objective})
     trainer.train(resume_from_checkpoint=checkpoint)
+    guard.raise_if_tripped()  # stopped early with nothing to learn from: say why, save nothing
     save_final(trainer, tokenizer, training_args.output_dir, model_args, run_args.save_merged)
 
 

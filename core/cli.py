@@ -21,8 +21,12 @@ class UserError(Exception):
 
 
 def run_cli(main, argv: list[str] | None = None) -> None:
-    """Run a recipe's `main(argv)`, turning user mistakes into one clear line and exit code 2."""
+    """Run a recipe's `main(argv)`, turning user mistakes into one clear line and exit code 2. On a
+    CPU it first sets the thread count to the cores other jobs leave free (`core.threads`)."""
+    from core.threads import apply_cpu_threads
+
     try:
+        apply_cpu_threads()
         main(argv)
     except UserError as err:
         from core.runs import remove_unused_run_dirs

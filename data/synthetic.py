@@ -21,7 +21,7 @@ Rules the generator keeps:
 
 Command line (refuses to overwrite existing files without ``--overwrite``)::
 
-    python -m data.synthetic --n_train 400 --n_test 200 --seed 0 --out DIR
+    python -m data.synthetic --n_train 400 --n_test 200 --seed 0 --out DIR [--n_dev 64]
 """
 
 from __future__ import annotations
@@ -495,20 +495,27 @@ def generate(
     return _generate(random.Random(seed), n, min_steps, max_steps, step_weights, ops, money_rate)
 
 
-def make_splits(n_train: int, n_test: int, seed: int = 0, **kwargs) -> tuple[list[dict], list[dict]]:
-    """Train and test problems, disjoint by question text and by `number_key`.
+def make_splits(n_train: int, n_test: int, seed: int = 0, n_dev: int = 0,
+                **kwargs) -> tuple[list[dict], list[dict]] | tuple[list[dict], list[dict], list[dict]]:
+    """Train and test problems (and dev ones when ``n_dev > 0``), disjoint by question text and by
+    `number_key`.
 
-    Each split has its own seed stream, ``Random(f"synthetic-test-{seed}")`` and
-    ``Random(f"synthetic-train-{seed}")`` (string seeds hash the same in every process). Test is
-    drawn first and never looks at train, so it depends only on (seed, n_test, kwargs) and does not
-    move when n_train changes; a larger n_test extends a smaller one. Train skips any problem whose
-    question or numbers occur in test, and a larger n_train extends a smaller one.
+    Each split has its own seed stream, ``Random(f"synthetic-test-{seed}")``,
+    ``Random(f"synthetic-dev-{seed}")`` and ``Random(f"synthetic-train-{seed}")`` (string seeds hash
+    the same in every process). Test is drawn first and never looks at the others, so it depends
+    only on (seed, n_test, kwargs) and does not move when n_train or n_dev change; a larger n_test
+    extends a smaller one. Dev skips test's problems; train skips test's and dev's, and a larger
+    n_train extends a smaller one. Returns (train, test), or (train, test, dev) when n_dev > 0.
     `kwargs` are `generate`'s options (min_steps, max_steps, step_weights, ops, money_rate).
     """
     test = _generate(random.Random(f"synthetic-test-{seed}"), n_test, **kwargs)
     avoid = ({row["question"] for row in test}, {number_key(row) for row in test})
+    dev: list[dict] = []
+    if n_dev:
+        dev = _generate(random.Random(f"synthetic-dev-{seed}"), n_dev, avoid=avoid, **kwargs)
+        avoid = (avoid[0] | {row["question"] for row in dev}, avoid[1] | {number_key(row) for row in dev})
     train = _generate(random.Random(f"synthetic-train-{seed}"), n_train, avoid=avoid, **kwargs)
-    return train, test
+    return (train, test, dev) if n_dev else (train, test)
 
 
 def _summary(rows: list[dict]) -> str:
@@ -524,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--n_train", type=int, default=400, help="training problems (default 400)")
     parser.add_argument("--n_test", type=int, default=200, help="held-out problems (default 200)")
+    parser.add_argument("--n_dev", type=int, default=0,
+                        help="development problems, apart from both, for choosing settings (default 0: no dev.jsonl)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both split streams (default 0)")
     parser.add_argument("--out", required=True, help="directory for train.jsonl and test.jsonl")
     parser.add_argument("--min_steps", type=int, default=1)
@@ -538,21 +547,23 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     paths = {"train": out / "train.jsonl", "test": out / "test.jsonl"}
+    if args.n_dev:
+        paths["dev"] = out / "dev.jsonl"
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not args.overwrite:
         print(f"error: {existing[0]} already exists; pass --overwrite to replace it or choose another --out",
               file=sys.stderr)
         return 1
     try:
-        train, test = make_splits(
-            args.n_train, args.n_test, seed=args.seed, min_steps=args.min_steps, max_steps=args.max_steps,
-            step_weights=args.step_weights, ops=tuple(args.ops), money_rate=args.money_rate,
+        splits = make_splits(
+            args.n_train, args.n_test, seed=args.seed, n_dev=args.n_dev, min_steps=args.min_steps,
+            max_steps=args.max_steps, step_weights=args.step_weights, ops=tuple(args.ops), money_rate=args.money_rate,
         )
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", train), ("test", test)):
+    for split, rows in zip(("train", "test", "dev"), splits, strict=False):
         write_jsonl_atomic(paths[split], rows)
         print(f"{paths[split]}: {_summary(rows)}")
     return 0

@@ -32,7 +32,8 @@ Writes ``predictions.jsonl``, ``metrics.json``, ``config.yaml`` and ``run_info.j
 ``--baseline RUN`` (remembered; default: the first run recorded).
 
 `make_training_eval_callback` runs the same evaluation on a held-out subset at every checkpoint
-during SFT/GRPO training.
+during SFT/GRPO training; `make_target_stop_callback` runs it every few steps and stops training
+once a metric (the format rate, say) reaches a target.
 
 The ``--score-only`` path imports neither torch nor Unsloth: only a model run needs them, so
 `core.boot` is imported inside `main`, after that branch.
@@ -555,7 +556,7 @@ def make_training_eval_callback(
     """
     from transformers import TrainerCallback
 
-    from evaluate.generation import DecodingSettings, generate
+    from evaluate.generation import DecodingSettings
 
     missing = {"prompt", "answer"} - set(dataset.column_names)
     if missing:
@@ -576,30 +577,110 @@ def make_training_eval_callback(
         def on_save(self, args, state, control, model=None, **kwargs):
             if not state.is_world_process_zero or model is None:
                 return
-            gens = generate(model, tokenizer, prompts, settings, progress=False, backend="hf")
-            rows = [score_problem({"answer": g, "question": q}, texts, tokens)
-                    for g, q, texts, tokens in zip(golds, questions, gens.texts, gens.tokens, strict=True)]
-            metrics = aggregate(rows)
-            logs = {
-                f"{prefix}accuracy": metrics["accuracy"],
-                f"{prefix}accuracy_strict": metrics["accuracy_strict"],
-                f"{prefix}format_rate": metrics["format_rate"],
-                f"{prefix}mean_completion_tokens": metrics["mean_completion_tokens"],
-                f"{prefix}vi_word_share": metrics["vi_word_share"],
-                f"{prefix}drift_rate": metrics["drift_rate"],
-                f"{prefix}seconds": round(gens.elapsed, 2),
-            }
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as fh:
-                record = {"step": state.global_step, "epoch": state.epoch, "n": len(rows), **logs}
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            metrics, seconds = _score_now(model, tokenizer, prompts, golds, questions, settings)
+            logs = _record(path, state, metrics, seconds, prefix)
             print(f"[eval] step {state.global_step}: accuracy {metrics['accuracy']:.3f}, "
-                  f"format {metrics['format_rate']:.3f} on {len(rows)} held-out problems ({gens.elapsed:.1f}s)")
+                  f"format {metrics['format_rate']:.3f} on {metrics['n']} held-out problems ({seconds:.1f}s)")
             state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
             if self.trainer is not None:
                 self.trainer.callback_handler.on_log(args, state, control, logs)
 
     return TrainingEvalCallback()
+
+
+def _score_now(model, tokenizer, prompts, golds, questions, settings) -> tuple[dict[str, Any], float]:
+    """Greedy answers of the current model to `prompts`, scored against `golds` (with `questions`
+    for the language-drift metrics): (metrics, seconds)."""
+    from evaluate.generation import generate
+
+    gens = generate(model, tokenizer, prompts, settings, progress=False, backend="hf")
+    rows = [score_problem({"answer": g, "question": q}, texts, tokens)
+            for g, q, texts, tokens in zip(golds, questions, gens.texts, gens.tokens, strict=True)]
+    return aggregate(rows), gens.elapsed
+
+
+def _record(path: Path, state, metrics: dict[str, Any], seconds: float, prefix: str) -> dict[str, Any]:
+    """Append one training-time evaluation to `path` (train_eval.jsonl); return its log entries."""
+    keys = ("accuracy", "accuracy_strict", "format_rate", "mean_completion_tokens", "vi_word_share", "drift_rate")
+    logs = {f"{prefix}{key}": metrics[key] for key in keys if key in metrics}  # drift: only with questions
+    logs[f"{prefix}seconds"] = round(seconds, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        record = {"step": state.global_step, "epoch": state.epoch, "n": metrics["n"], **logs}
+        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return logs
+
+
+TARGET_METRICS = ("format_rate", "accuracy", "accuracy_strict")
+
+
+def make_target_stop_callback(
+    dataset,
+    tokenizer,
+    output_dir: str | Path,
+    metric: str,
+    target: float,
+    every: int = 2,
+    limit: int | None = 32,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+):
+    """A `transformers.TrainerCallback` that stops training once a held-out metric reaches a target.
+
+    Every ``every`` optimizer steps it answers the first ``limit`` rows of ``dataset`` greedily
+    (the same scoring as `make_training_eval_callback`), appends the result to
+    ``output_dir/train_eval.jsonl`` and, when ``metric`` (one of `TARGET_METRICS`) is at least
+    ``target``, ends training at that step (the trainer then saves as at a normal end). What it
+    is for: an SFT priming whose job is the answer format stops as soon as the format is there,
+    instead of after a step count that over-trains on one CPU and under-trains on another
+    (bf16 rounding slows SFT down). Without reaching the target, training runs to ``max_steps``.
+
+    ``dataset`` must be held out from training and from the final test (a dev split), or the
+    stopping point is tuned on the problems it is judged on. Every rank runs the check on the same
+    rows with the same weights, so all ranks stop at the same step.
+    """
+    from transformers import TrainerCallback
+
+    from evaluate.generation import DecodingSettings
+
+    if metric not in TARGET_METRICS:
+        raise ValueError(f"target metric must be one of {', '.join(TARGET_METRICS)}, got {metric!r}")
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"the target {metric} must lie in (0, 1], got {target}")
+    if every < 1:
+        raise ValueError(f"the target check runs every N >= 1 steps, got {every}")
+    missing = {"prompt", "answer"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"the target dataset lacks column(s) {sorted(missing)}; use data.vi_gsm8k.load_vi_gsm8k")
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    prompts, golds = list(dataset["prompt"]), list(dataset["answer"])
+    questions = list(dataset["question"]) if "question" in dataset.column_names else [None] * len(golds)
+    settings = DecodingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    path = Path(output_dir) / TRAIN_EVAL_FILE
+
+    class TargetStopCallback(TrainerCallback):
+        """Stop training when the held-out `metric` reaches `target` (checked every `every` steps)."""
+
+        def __init__(self):
+            self.reached_at: int | None = None
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if model is None or state.global_step % every:
+                return
+            metrics, seconds = _score_now(model, tokenizer, prompts, golds, questions, settings)
+            logs = _record(path, state, metrics, seconds, "target_")
+            value = metrics[metric]
+            reached = value >= target
+            print(f"[target] step {state.global_step}: {metric} {value:.3f} (target {target:g}); format "
+                  f"{metrics['format_rate']:.3f}, accuracy {metrics['accuracy']:.3f} on {metrics['n']} dev problems "
+                  f"({seconds:.1f}s)" + ("; reached, training stops here" if reached else ""), flush=True)
+            state.log_history.append({**logs, "step": state.global_step})
+            if reached:
+                self.reached_at = state.global_step
+                control.should_training_stop = True
+
+    return TargetStopCallback()
 
 
 if __name__ == "__main__":

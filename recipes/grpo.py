@@ -42,6 +42,7 @@ from data.common import is_local
 from data.lengths import check_lengths
 from data.vi_gsm8k import DEFAULT_SOURCE, SYSTEM_PROMPT, load_vi_gsm8k
 from evaluate.gsm8k import make_training_eval_callback
+from recipes.grpo_guards import ZeroVarianceGuard
 from rewards import get_reward_funcs
 
 
@@ -73,6 +74,11 @@ class GRPOScriptArguments:
             `question=cau_hoi,explanation=loi_giai,answer=dap_an` on the command line (the held-out data too).
         bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
             to this JSON Lines file (never over an existing file).
+        zero_std_guard_steps (`int`, defaults to `5`): stop the run with the reason when
+            `frac_reward_zero_std` is at least `zero_std_guard_threshold` at every logged step of
+            the first this-many steps (`recipes.grpo_guards`); 0 turns the check off.
+        zero_std_guard_threshold (`float`, defaults to `0.95`): share of groups with identical
+            rewards that counts as "nothing to learn from".
     """
 
     dataset_name: str = field(default=DEFAULT_SOURCE, metadata={"help": "Hub id or local data file."})
@@ -94,6 +100,12 @@ class GRPOScriptArguments:
     )
     bad_rows_out: str | None = field(
         default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
+    )
+    zero_std_guard_steps: int = field(
+        default=5, metadata={"help": "Stop when frac_reward_zero_std stays >= the threshold for the first N steps (0: off)."}
+    )
+    zero_std_guard_threshold: float = field(
+        default=0.95, metadata={"help": "Share of identical-reward groups that counts as no signal."}
     )
 
 
@@ -134,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     if weights is not None and len(weights) != len(reward_funcs):
         raise UserError(f"reward_weights has {len(weights)} values for {len(reward_funcs)} reward_funcs "
                         f"{script_args.reward_funcs}; give one weight per reward")
+    try:
+        guard = ZeroVarianceGuard(script_args.zero_std_guard_steps, script_args.zero_std_guard_threshold,
+                                  temperature=training_args.temperature)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if training_args.use_vllm and not has_cuda():
         raise UserError("use_vllm needs a CUDA GPU with vLLM; set use_vllm: false (HF generate) on this machine")
     checkpoint = prepare_output_dir(training_args.output_dir, run_args.resume)
@@ -192,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard(what="the policy")],
+        # JsonlMetricsCallback first: the zero-variance guard may end the run at a log, after it is written.
+        callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard(what="the policy"), guard],
     )
     attach_grpo_step_timer(trainer)  # time/generation, time/reward, ... per step in metrics.jsonl
     if eval_dataset is not None:
@@ -204,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                           "generation": "vLLM" if training_args.use_vllm else "HF generate",
                           "objective": objective})
     trainer.train(resume_from_checkpoint=checkpoint)
+    guard.raise_if_tripped()  # stopped early with nothing to learn from: say why, save nothing
     save_final(trainer, tokenizer, training_args.output_dir, model_args, run_args.save_merged)
 
 

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from core.cli import run_cli
+from core.cli import UserError, run_cli
 from core.config import ModelArguments, RunArguments, parse_args
 from core.guard import TrainingGuard
 from core.models import load_model_and_tokenizer, load_tokenizer
 from core.runs import JsonlMetricsCallback, prepare_output_dir, save_final, write_run_info
 from data.lengths import check_lengths
 from data.vi_gsm8k import DEFAULT_SOURCE, SYSTEM_PROMPT, load_vi_gsm8k
+from evaluate.gsm8k import TARGET_METRICS, make_target_stop_callback
 
 
 @dataclass
@@ -50,6 +51,16 @@ class SFTScriptArguments:
             `question=cau_hoi,explanation=loi_giai,answer=dap_an` on the command line.
         bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
             to this JSON Lines file (never over an existing file).
+        target_metric (`str`, defaults to `"format_rate"`): what `target_value` is about:
+            `format_rate` (a "#### <số>" line is there), `accuracy` or `accuracy_strict`.
+        target_value (`float`, *optional*): stop training once `target_metric` on
+            `target_dataset_name` reaches this (checked every `target_every` steps; `max_steps`
+            is then a cap). None or 0: train for the step count.
+        target_dataset_name (`str`, *optional*): problems the target is checked on (a dev file,
+            apart from training and test). Required with `target_value`.
+        target_limit (`int`, defaults to `32`): how many of them (the first ones).
+        target_every (`int`, defaults to `2`): steps between checks.
+        target_max_new_tokens (`int`, defaults to `64`): generation budget of a check.
     """
 
     dataset_name: str = field(default=DEFAULT_SOURCE, metadata={"help": "Hub id or local data file."})
@@ -64,6 +75,16 @@ class SFTScriptArguments:
     bad_rows_out: str | None = field(
         default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
     )
+    target_metric: str = field(
+        default="format_rate", metadata={"help": "Stop-by-target metric: format_rate, accuracy or accuracy_strict."}
+    )
+    target_value: float | None = field(
+        default=None, metadata={"help": "Stop once target_metric on target_dataset_name reaches this (None/0: no target)."}
+    )
+    target_dataset_name: str | None = field(default=None, metadata={"help": "Dev problems the target is checked on."})
+    target_limit: int = field(default=32, metadata={"help": "Dev problems per target check."})
+    target_every: int = field(default=2, metadata={"help": "Steps between target checks."})
+    target_max_new_tokens: int = field(default=64, metadata={"help": "Generation budget of a target check."})
 
 
 def completion_token_share(dataset, rows: int = 200) -> float:
@@ -82,6 +103,16 @@ ARGUMENT_TYPES = [SFTScriptArguments, SFTConfig, ModelArguments, RunArguments]
 
 def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args, run_args = parse_args(ARGUMENT_TYPES, argv)
+    if script_args.target_value == 0:
+        script_args.target_value = None  # 0: no target (a command line cannot pass None)
+    if script_args.target_value is not None:
+        if not script_args.target_dataset_name:
+            raise UserError("target_value needs target_dataset_name: the dev problems the target is checked on")
+        if script_args.target_metric not in TARGET_METRICS:
+            raise UserError(f"target_metric must be one of {', '.join(TARGET_METRICS)}, "
+                            f"got {script_args.target_metric!r}")
+        if not 0.0 < script_args.target_value <= 1.0 or script_args.target_every < 1:
+            raise UserError("target_value must lie in (0, 1] and target_every be at least 1")
     checkpoint = prepare_output_dir(training_args.output_dir, run_args.resume)
     set_seed(training_args.seed)
 
@@ -113,6 +144,21 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard()],
     )
+    target = None
+    if script_args.target_value is not None:
+        # Stop by a target, not a step count: the step where the format is learned moves with the
+        # precision (bf16 rounding slows SFT down) and the data, and every step after it makes the
+        # policy more certain - less for GRPO to compare afterwards.
+        dev = load_vi_gsm8k(script_args.target_dataset_name, split="test", on_bad_rows=run_args.on_bad_rows,
+                            system_prompt=script_args.system_prompt, columns=script_args.columns)
+        target = make_target_stop_callback(
+            dev, tokenizer, training_args.output_dir, metric=script_args.target_metric,
+            target=script_args.target_value, every=script_args.target_every, limit=script_args.target_limit,
+            max_new_tokens=script_args.target_max_new_tokens)
+        trainer.add_callback(target)
+        print(f"[target] stop once {script_args.target_metric} >= {script_args.target_value:g} on "
+              f"{min(script_args.target_limit, len(dev))} problems of {script_args.target_dataset_name} "
+              f"(checked every {script_args.target_every} steps, at most {training_args.max_steps} steps)")
     # The baseline is only the published one if the prompt tokens carry no loss.
     share = completion_token_share(trainer.train_dataset)
     print(f"[data] loss on {share:.0%} of tokens (the answers; prompt tokens are masked)")
@@ -122,6 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     write_run_info(training_args.output_dir, script_args, training_args, model_args, run_args,
                    extra={"recipe": "sft", "train_rows": len(train_dataset), "loss_token_share": share})
     trainer.train(resume_from_checkpoint=checkpoint)
+    if target is not None:
+        print(f"[target] {script_args.target_metric} >= {script_args.target_value:g} reached at step "
+              f"{target.reached_at}" if target.reached_at is not None else
+              f"[target] {script_args.target_metric} stayed below {script_args.target_value:g}: "
+              f"trained all {trainer.state.global_step} steps")
     save_final(trainer, tokenizer, training_args.output_dir, model_args, run_args.save_merged)
 
 

@@ -6,19 +6,19 @@ import re
 
 import pytest
 
-import recipes.demo as demo_module
-from recipes.demo import choose_threads, verdict
+from recipes.demo import sft_more_steps, verdict
 from tests.conftest import run_entry
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # tiny matrices: one thread is faster and shares the CPU better
 TABLE_ROW = re.compile(
-    r"^\| (base \(untrained\)|SFT priming[^|]*|GRPO \(from SFT\)[^|]*) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$"
+    r"^\| (base \(untrained\)|SFT priming[^|]*|GRPO \(from SFT\)[^|]*|SFT continued[^|]*) \| ([\d.]+) \| ([\d.]+) "
+    r"\| ([\d.]+) \| ([\d.]+) \|$"
 )
 DIFF_LINE = re.compile(
-    r"GRPO - SFT, (accuracy|accuracy \(strict\)): ([-+]\d+\.\d) points on (\d+) held-out problems "
+    r"GRPO - (SFT|SFT continued), (accuracy|accuracy \(strict\)): ([-+]\d+\.\d) points on (\d+) held-out problems "
     r"\(paired bootstrap 95% CI ([-+]\d+\.\d) to ([-+]\d+\.\d), p [=<] ([\d.]+)\): (.+)$"
 )
-STAGES = ["data", "eval_base", "sft", "eval_sft", "grpo", "eval_grpo"]
+STAGES = ["data", "eval_base", "sft", "eval_sft", "grpo", "eval_grpo", "sft_more", "eval_sft_more"]
 
 
 def demo(args, check=True, timeout=900):
@@ -35,28 +35,39 @@ def table_rows(text):
     return rows
 
 
-def check_report(out, n_test):
-    """The report's table, bootstrap lines, plot, examples and state are all there and well-formed."""
+def check_report(out, n_test, sft_more=True):
+    """The report's table, bootstrap lines, machine lines, plot, examples and state are all there
+    and well-formed."""
     report = (out / "report.md").read_text(encoding="utf-8")
     rows = table_rows(report)
-    assert set(rows) == {"base", "SFT priming", "GRPO"}, report[:2000]
+    expected = {"base", "SFT priming", "GRPO"} | ({"SFT continued"} if sft_more else set())
+    assert set(rows) == expected, report[:2000]
     for acc, strict, fmt, tokens in rows.values():
         assert 0.0 <= strict <= acc <= 1.0 and 0.0 <= fmt <= 1.0 and tokens > 0
     diffs = [DIFF_LINE.search(line) for line in report.splitlines() if "GRPO - SFT" in line]
-    assert len(diffs) == 2 and all(diffs), report[:3000]
+    assert len(diffs) == (3 if sft_more else 2) and all(diffs), report[:3000]
     for m in diffs:
-        diff, n, low, high, p = float(m.group(2)), int(m.group(3)), float(m.group(4)), float(m.group(5)), float(m.group(6))
+        diff, n, low, high, p = (float(m.group(3)), int(m.group(4)), float(m.group(5)), float(m.group(6)),
+                                 float(m.group(7)))
         assert n == n_test and low <= diff <= high and 0.0 <= p <= 1.0
-        assert m.group(7) in ("a gain beyond the bootstrap noise", "a loss beyond the bootstrap noise",
+        assert m.group(8) in ("a gain beyond the bootstrap noise", "a loss beyond the bootstrap noise",
                               "inside the noise: no demonstrated difference")
+    # what makes runs comparable: CPU flags, precision, threads and load of every stage
+    assert re.search(r"^- CPU: .+, \d+ cores; flags: ", report, re.M)
+    assert re.search(r"^- Precision: (float32|bfloat16) ", report, re.M)
+    stages = STAGES if sft_more else STAGES[:6]
+    for stage in stages:
+        assert re.search(rf"^\| {stage} \| \S+ \| \S+ \| \d+[^|]* \| [\d.]+/[\d.]+ \| `python -m ", report, re.M), stage
     assert report.count("\n### ") == min(5, n_test)
     png = (out / "grpo_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     state = json.loads((out / "demo_state.json").read_text())
-    assert list(state["stages"]) == STAGES
+    assert list(state["stages"]) == stages
+    assert all(info["cpu_seconds"] > 0 and info["threads"] for info in state["stages"].values())
     summary = json.loads((out / "comparison.json").read_text())
     assert {r["metric"] for r in summary["grpo_minus_sft"]} == {"accuracy", "accuracy (strict)"}
-    for stage in STAGES:
+    assert [r["metric"] for r in summary["grpo_minus_sft_more"]] == (["accuracy"] if sft_more else [])
+    for stage in stages:
         assert (out / "logs" / f"{stage}.log").stat().st_size > 0
     return rows
 
@@ -66,10 +77,16 @@ def test_quick_demo_writes_the_report_refuses_to_clobber_and_resumes(tiny_models
     args = ["--quick", "--model_name_or_path", str(tiny_models / "qwen2"), "--output_dir", str(out)]
     proc = demo(args)
     check_report(out, n_test=8)
-    # The last lines printed are the table, the two bootstrap lines and where the report is.
-    tail = [line for line in proc.stdout.strip().splitlines() if line.strip()][-8:]
-    assert tail[0].startswith("| model |") and len(table_rows("\n".join(tail))) == 3
-    assert [bool(DIFF_LINE.search(line)) for line in tail[5:]] == [True, True, False]
+    # The last lines printed are the table, the three bootstrap lines and where the report is.
+    tail = [line for line in proc.stdout.strip().splitlines() if line.strip()][-10:]
+    assert tail[0].startswith("| model |") and len(table_rows("\n".join(tail))) == 4
+    assert [bool(DIFF_LINE.search(line)) for line in tail[6:]] == [True, True, True, False]
+    # the precision decision, the machine and each stage's threads are said before the work starts
+    assert "[demo] CPU " in proc.stdout and "the configs' dtype auto gives" in proc.stdout
+    assert proc.stdout.count("[demo] threads: ") == len(STAGES)
+    # the SFT priming checked its target on the dev problems at every step
+    checks = [json.loads(line) for line in (out / "sft" / "train_eval.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in checks] == [1, 2] and all(c["n"] == 4 for c in checks)
     assert tail[-1].startswith("report: ") and str(out / "report.md") in tail[-1]
     # the held-out curve: one evaluation of the eval_limit problems per checkpoint
     evals = [json.loads(line) for line in (out / "grpo" / "train_eval.jsonl").read_text().splitlines()]
@@ -128,26 +145,16 @@ def test_verdict(low, high, expected):
     assert verdict(low, high) == expected
 
 
-@pytest.mark.parametrize("others, cores, expected", [
-    (0.0, 2, None),    # idle: torch's default, one thread per core
-    (1.0, 2, "1"),     # one other busy thread leaves one core
-    (5.0, 2, "1"),     # never fewer than one
-    (2.0, 8, "6"),
-    (None, 2, None),   # no /proc: leave torch alone
-])
-def test_auto_threads_leave_the_cores_other_jobs_use(monkeypatch, others, cores, expected):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(demo_module, "other_runnable_threads", lambda: others)
-    monkeypatch.setattr(demo_module.os, "cpu_count", lambda: cores)
-    assert choose_threads("auto") == expected
-
-
-def test_threads_given_by_the_user_win(monkeypatch):
-    monkeypatch.setattr(demo_module, "other_runnable_threads", lambda: 1.0)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert choose_threads("3") == "3"
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert choose_threads("auto") == "2"
+def test_sft_more_gets_the_steps_that_fit_in_grpos_training_time(tmp_path):
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "sft").mkdir()
+    grpo = [{"step": 1, "step_seconds": 20.0}, {"step": 2, "step_seconds": 30.0}, {"step": 2, "step_seconds": 22.0},
+            {"step": 2, "eval_accuracy": 0.5}]  # step 2 rerun after a resume: the last record counts
+    sft = [{"step": s, "step_seconds": t} for s, t in enumerate([4.0, 50.0, 5.0, 6.0, 4.5], start=1)]
+    for run, rows in (("grpo", grpo), ("sft", sft)):
+        (tmp_path / run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    # 42 s of GRPO steps at the median SFT step of 5 s (the 50 s outlier does not count)
+    assert sft_more_steps(tmp_path) == {"steps": 8, "grpo_seconds": 42.0, "sft_step_seconds": 5.0}
 
 
 @pytest.mark.slow

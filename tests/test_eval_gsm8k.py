@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 
 import pytest
 from conftest import ROOT, run_entry
@@ -336,3 +337,49 @@ def test_training_eval_callback_logs_and_restores_the_model(tiny_models, tmp_pat
     assert [r["step"] for r in logged] == [1, 2]
     assert sum("eval_format_rate" in h for h in trainer.state.log_history) == 2
     assert os.path.isdir(out / "checkpoint-2")
+
+
+def test_target_stop_callback_checks_every_n_steps_and_stops_when_reached(tiny_models, tmp_path, monkeypatch):
+    """The SFT priming's stop-by-target: a check every 2 steps, training ends at the first check
+    that reaches the target (the scores are scripted; the trainer, the steps and the file are real)."""
+    import datasets
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    import evaluate.gsm8k as gsm8k
+    from data.vi_gsm8k import load_vi_gsm8k
+
+    scripted = iter([0.25, 0.75, 0.95, 1.0])
+    monkeypatch.setattr(gsm8k, "_score_now", lambda *a, **k: ({"n": 3, "accuracy": 0.1, "accuracy_strict": 0.1,
+                                                              "format_rate": next(scripted),
+                                                              "mean_completion_tokens": 9.0}, 0.5))
+    model, tokenizer = _load(tiny_models / "qwen2")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    ids = tokenizer(["Lan có 12 quả táo. #### 12"] * 4)["input_ids"]
+    train = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    dev = load_vi_gsm8k(FIXTURE, split="test", limit=5, seed=0)
+    out = tmp_path / "run"
+    args = TrainingArguments(output_dir=str(out), max_steps=20, save_strategy="no", logging_steps=1,
+                             per_device_train_batch_size=2, report_to=[], use_cpu=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train)
+    target = gsm8k.make_target_stop_callback(dev, tokenizer, out, metric="format_rate", target=0.9, every=2, limit=3)
+    trainer.add_callback(target)
+    trainer.train()
+
+    assert trainer.state.global_step == 6 and target.reached_at == 6  # checks at 2, 4, 6: 0.25, 0.75, 0.95
+    rows = _read_jsonl(out / gsm8k.TRAIN_EVAL_FILE)
+    assert [(r["step"], r["target_format_rate"]) for r in rows] == [(2, 0.25), (4, 0.75), (6, 0.95)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"metric": "loss", "target": 0.9}, "target metric must be one of"),
+    ({"metric": "format_rate", "target": 0.0}, "must lie in (0, 1]"),
+    ({"metric": "accuracy", "target": 0.5, "every": 0}, "every N >= 1 steps"),
+])
+def test_target_stop_callback_refuses_bad_settings(kwargs, message):
+    from data.vi_gsm8k import load_vi_gsm8k
+    from evaluate.gsm8k import make_target_stop_callback
+
+    dev = load_vi_gsm8k(FIXTURE, split="test", limit=2, seed=0)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_target_stop_callback(dev, None, "unused", **kwargs)

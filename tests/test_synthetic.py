@@ -266,3 +266,20 @@ def test_cli_reports_bad_options_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_a_dev_split_is_apart_from_both_and_leaves_test_alone():
+    train, test = make_splits(300, 100, seed=0)
+    train_d, test_d, dev = make_splits(300, 100, seed=0, n_dev=40)
+    assert test_d == test and len(dev) == 40 and len(train_d) == 300
+    keys = {name: {number_key(r) for r in rows} for name, rows in (("train", train_d), ("test", test_d), ("dev", dev))}
+    assert not keys["dev"] & keys["test"] and not keys["dev"] & keys["train"] and not keys["train"] & keys["test"]
+    assert make_splits(300, 100, seed=0, n_dev=40) == (train_d, test_d, dev)  # deterministic
+
+
+def test_cli_writes_a_dev_file_only_when_asked(tmp_path):
+    assert main(["--n_train", "30", "--n_test", "10", "--n_dev", "5", "--seed", "3", "--out", str(tmp_path / "a")]) == 0
+    dev = [json.loads(line) for line in (tmp_path / "a" / "dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert dev == make_splits(30, 10, seed=3, n_dev=5)[2]
+    assert main(["--n_train", "30", "--n_test", "10", "--out", str(tmp_path / "b")]) == 0
+    assert not (tmp_path / "b" / "dev.jsonl").exists()

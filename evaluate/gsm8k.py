@@ -556,17 +556,9 @@ def make_training_eval_callback(
     """
     from transformers import TrainerCallback
 
-    from evaluate.generation import DecodingSettings
 
-    missing = {"prompt", "answer"} - set(dataset.column_names)
-    if missing:
-        raise ValueError(f"the training eval dataset lacks column(s) {sorted(missing)}; use data.vi_gsm8k.load_vi_gsm8k")
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    prompts, golds = list(dataset["prompt"]), list(dataset["answer"])
-    questions = list(dataset["question"]) if "question" in dataset.column_names else [None] * len(golds)
-    settings = DecodingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    path = Path(output_dir) / TRAIN_EVAL_FILE
+    prompts, golds, questions, settings, path = _check_problems(
+        dataset, "the training eval dataset", output_dir, limit, max_new_tokens, batch_size)
 
     class TrainingEvalCallback(TrainerCallback):
         """Greedy vi_gsm8k accuracy of the current model at every checkpoint."""
@@ -586,6 +578,22 @@ def make_training_eval_callback(
                 self.trainer.callback_handler.on_log(args, state, control, logs)
 
     return TrainingEvalCallback()
+
+
+def _check_problems(dataset, what: str, output_dir, limit, max_new_tokens: int, batch_size: int):
+    """What a training-time check answers: (prompts, golds, questions, decoding settings, the
+    train_eval.jsonl path), from the first `limit` rows of `dataset`."""
+    from evaluate.generation import DecodingSettings
+
+    missing = {"prompt", "answer"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {sorted(missing)}; use data.vi_gsm8k.load_vi_gsm8k")
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    prompts, golds = list(dataset["prompt"]), list(dataset["answer"])
+    questions = list(dataset["question"]) if "question" in dataset.column_names else [None] * len(golds)
+    settings = DecodingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return prompts, golds, questions, settings, Path(output_dir) / TRAIN_EVAL_FILE
 
 
 def _score_now(model, tokenizer, prompts, golds, questions, settings) -> tuple[dict[str, Any], float]:
@@ -641,7 +649,6 @@ def make_target_stop_callback(
     """
     from transformers import TrainerCallback
 
-    from evaluate.generation import DecodingSettings
 
     if metric not in TARGET_METRICS:
         raise ValueError(f"target metric must be one of {', '.join(TARGET_METRICS)}, got {metric!r}")
@@ -649,15 +656,8 @@ def make_target_stop_callback(
         raise ValueError(f"the target {metric} must lie in (0, 1], got {target}")
     if every < 1:
         raise ValueError(f"the target check runs every N >= 1 steps, got {every}")
-    missing = {"prompt", "answer"} - set(dataset.column_names)
-    if missing:
-        raise ValueError(f"the target dataset lacks column(s) {sorted(missing)}; use data.vi_gsm8k.load_vi_gsm8k")
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    prompts, golds = list(dataset["prompt"]), list(dataset["answer"])
-    questions = list(dataset["question"]) if "question" in dataset.column_names else [None] * len(golds)
-    settings = DecodingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    path = Path(output_dir) / TRAIN_EVAL_FILE
+    prompts, golds, questions, settings, path = _check_problems(
+        dataset, "the target dataset", output_dir, limit, max_new_tokens, batch_size)
 
     class TargetStopCallback(TrainerCallback):
         """Stop training when the held-out `metric` reaches `target` (checked every `every` steps)."""

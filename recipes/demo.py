@@ -32,9 +32,9 @@ an AVX2 CPU is ~50x slower). The demo prints the decision first; `VIRL_BF16=0 ma
 float32 arm on any CPU. Threads: `--threads auto` (core/threads.py) gives each stage the cores
 other jobs leave free, decided again before every stage.
 
-The SFT priming stops by a target, not a step count: once the answer format is there on the dev
-problems (data/dev.jsonl, apart from train and test), since every further step makes the policy
-surer and leaves GRPO less disagreement to learn from (configs/sft/demo.yaml says what was measured).
+The SFT priming is 30 steps; it can stop by a target instead (`--sft_args "--target_value 0.35
+--target_metric accuracy"`): a metric on the dev problems (data/dev.jsonl, apart from train and
+test), checked every few steps. configs/sft/demo.yaml says what each choice measured.
 
 Each finished stage is recorded in ``demo_state.json``; a demo directory that already holds a
 run is never overwritten: ``--resume`` skips the finished stages (an unfinished training stage
@@ -93,7 +93,7 @@ QUICK = {
     "n_test": 8,
     "n_dev": 4,
     "sft_args": ("--dtype float32 --max_steps 2 --per_device_train_batch_size 4 --logging_steps 1 "
-                 "--target_every 1 --target_max_new_tokens 16"),
+                 "--target_value 1.0 --target_every 1 --target_max_new_tokens 16"),
     "grpo_args": ("--dtype float32 --max_steps 2 --num_generations 4 --per_device_train_batch_size 4 "
                   "--max_completion_length 16 --save_steps 1 --eval_limit 4 --warmup_steps 0"),
     "eval_args": "--dtype float32 --max_new_tokens 16 --batch_size 8",

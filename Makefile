@@ -124,7 +124,7 @@ plot: $(STAMP) ## plot and compare runs from their metrics.jsonl, live ones too:
 
 # The offline demo: every stage is one of the targets above, run by recipes/demo.py with the
 # configs/{eval,sft,grpo}/demo.yaml settings on the embedded model and synthetic problems.
-demo: $(STAMP) ## the GRPO story on a CPU, offline (~30 min on 2 cores): base -> SFT priming -> GRPO, evaluated -> runs/demo/report.md [ARGS="--resume"]
+demo: $(STAMP) ## the GRPO story on a CPU, offline (53 min of stages on a 2-core EPYC with bf16, cores shared; README): base -> SFT priming -> GRPO, evaluated -> runs/demo/report.md [ARGS="--resume"]
 	$(PY) -m recipes.demo $(ARGS)
 
 demo-quick: $(STAMP) $(TINY)/.complete ## the demo's plumbing on the tiny random model (~1 min) -> runs/demo-quick/report.md

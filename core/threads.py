@@ -93,5 +93,6 @@ def apply_cpu_threads(samples: int = 5) -> int | None:
         else:
             os.environ[ENV] = threads
     count = torch.get_num_threads() if torch is not None else int(threads or os.environ.get(ENV) or os.cpu_count() or 1)
-    print(f"[threads] {count} CPU thread(s): {why} (set {ENV} to choose)", flush=True)
+    hint = "" if why.startswith(f"{ENV}=") else f" (set {ENV} to choose)"
+    print(f"[threads] {count} CPU thread(s): {why}{hint}", flush=True)
     return count

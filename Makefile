@@ -38,7 +38,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 # one expands it, and its last stdout line is the model directory.
 EMBEDDED = $(shell $(PY) -m core.embedded | tail -1)
 
-.PHONY: help install test test-slow lint tiny-models data data-report sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench chat export serve
+.PHONY: help install test test-slow test-demo test-serve test-ci lint tiny-models data data-report sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench chat export serve
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -56,11 +56,21 @@ $(TINY)/.complete: | $(STAMP)
 
 tiny-models: $(TINY)/.complete ## build the tiny offline models used by configs/*/tiny.yaml
 
-test: $(STAMP) ## run the default test suite (CPU, offline)
+# The tests run every shipped config; the tiny ones name runs/tiny, built here first.
+test: $(STAMP) $(TINY)/.complete ## the default test suite: CPU, offline (README: Tests)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP) ## also run the slow tests (embedded model, demo-sized runs)
-	$(PY) -m pytest -q -m "slow and not gpu"
+test-slow: $(STAMP) $(TINY)/.complete ## the slow tests: every demo and GPU config run on the CPU, exports, the embedded model
+	$(PY) -m pytest -q -m "slow and not gpu and not demo and not serve"
+
+test-ci: test test-slow ## what CI runs (.ci/run): the default suite, then the slow tests
+
+test-demo: $(STAMP) ## the full-length `make demo` as a test (GRPO must beat its SFT priming)
+	$(PY) -m pytest -q -m demo
+
+test-serve: $(STAMP) $(TINY)/.complete ## install the serve extra (compiles llama.cpp once) and test `make serve`
+	$(VENV)/bin/pip install -q -e '.[serve]'
+	$(PY) -m pytest -q -m serve
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check .

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,12 +74,41 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
-def cpu_native_bf16(flags: frozenset[str], machine: str | None = None) -> tuple[bool, str]:
-    """Whether this CPU computes bf16 in hardware, and the evidence (the flag, or its absence)."""
+def torch_isa_caps(env: Mapping[str, str] | None = None) -> list[str]:
+    """The environment variables that keep torch's x86 kernels below native bf16, as `NAME=value`.
+
+    A CPU flag is not enough: torch's bf16 matmuls run in oneDNN, and `ONEDNN_MAX_CPU_ISA` below
+    AVX512_CORE_BF16 makes oneDNN emulate them (measured on an avx512_bf16 EPYC, one thread, 512x512:
+    bf16 419 -> 0.7 GFLOP/s, float32 14-25 either way); `ATEN_CPU_CAPABILITY=avx2` (or `default`) puts
+    torch's own kernels on the AVX2 path. Both are how torch is told to behave like an AVX2 CPU, so
+    a run under them gets what an AVX2 CPU gets.
+    """
+    env = os.environ if env is None else env
+    caps = []
+    onednn = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    # oneDNN's ISA names at or above native bf16: AVX512_CORE_BF16, AVX512_CORE_FP16, the AMX
+    # levels, the AVX10 levels; ALL/DEFAULT mean no cap.
+    if onednn and not (onednn in ("ALL", "DEFAULT") or "BF16" in onednn or "FP16" in onednn or "AMX" in onednn
+                       or onednn.startswith("AVX10")):
+        caps.append(f"ONEDNN_MAX_CPU_ISA={onednn}")
+    aten = (env.get("ATEN_CPU_CAPABILITY") or "").strip().lower()
+    if aten in ("default", "avx2"):
+        caps.append(f"ATEN_CPU_CAPABILITY={aten}")
+    return caps
+
+
+def cpu_native_bf16(flags: frozenset[str], machine: str | None = None,
+                    env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """Whether torch computes bf16 in hardware on this CPU, and the evidence: the flag, its absence,
+    or the environment that caps torch's kernels below it (`torch_isa_caps`)."""
     machine = (machine or platform.machine()).lower()
     if machine in ("aarch64", "arm64"):
         return ("bf16" in flags, "Arm BF16 extension" if "bf16" in flags else "no Arm BF16 extension")
     found = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    caps = torch_isa_caps(env)
+    if found and caps:
+        return False, (f"the CPU has native bf16 ({', '.join(found)}) but torch's kernels are capped below it "
+                       f"({', '.join(caps)}): bf16 would be emulated, ~50x slower")
     if found:
         return True, f"the CPU has native bf16 ({', '.join(found)})"
     if not flags:

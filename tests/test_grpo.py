@@ -100,9 +100,10 @@ def test_grpo_learns_a_toy_reward(tmp_path):
         (["--use_vllm", "true"], "use_vllm needs a CUDA GPU"),
     ],
 )
-def test_user_mistakes_fail_before_any_work(tmp_path, args, message):
+def test_user_mistakes_fail_before_any_work(tmp_path, args, message, no_gpu):
     """In-process (the command-line wrapper that turns UserError into one line and exit code 2 is
-    exercised by the refusal above); nothing may be created before the mistake is reported."""
+    exercised by the refusal above); nothing may be created before the mistake is reported. `no_gpu`:
+    the use_vllm refusal is the CPU path's, so a GPU machine hides its GPU here."""
     import recipes.grpo as grpo
     from core.cli import UserError
 

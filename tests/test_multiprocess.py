@@ -14,7 +14,7 @@ import pytest
 from core.cli import UserError
 from core.config import ModelArguments
 from core.launch import Launch, check_launch, current_launch, hf_device_map, quant_storage_for_launch
-from tests.conftest import run_entry
+from tests.conftest import recorded, run_entry
 
 THREADS = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 DDP = ["NPROC=2", "ACCELERATE=configs/accelerate/cpu_ddp.yaml"]
@@ -38,7 +38,7 @@ def assert_one_writer(run_dir: Path, train_key: str) -> list[dict]:
     rows = [json.loads(line) for line in lines]
     steps = [r["step"] for r in rows if train_key in r]
     assert steps == [1, 2], steps  # rank 1 writing too would double every step
-    assert all(r["step_seconds"] > 0 for r in rows if train_key in r)
+    assert all(recorded(r["step_seconds"]) for r in rows if train_key in r)
     assert not list(run_dir.glob(".*.tmp")), "an atomic write was left half done"
     # Both processes took part: one RNG state per rank in the checkpoint, and the launch recorded.
     assert sorted(p.name for p in (run_dir / "checkpoint-2").glob("rng_state_*.pth")) == \
@@ -76,7 +76,12 @@ def test_dpo_two_processes(tmp_path, backend):
     make_ddp("dpo", run_dir, "--backend", backend)
     assert_one_writer(run_dir, "loss")
     # The held-out evaluation after training is rank 0's alone.
-    assert json.loads((run_dir / "preference_eval.json").read_text())
+    held_out = json.loads((run_dir / "preference_eval.json").read_text())
+    policy = [name for name, state in held_out["states"].items() if state == "policy"]
+    assert len(policy) == 1 and set(held_out["metrics"]) == set(held_out["states"]), held_out
+    # Every state scored on the same held-out pairs, the trained one with its implicit reward.
+    assert len({m["pairs"] for m in held_out["metrics"].values()}) == 1 and held_out["metrics"][policy[0]]["pairs"] > 0
+    assert 0.0 <= held_out["metrics"][policy[0]]["reward_accuracy"] <= 1.0
 
 
 def layout(run_dir: Path) -> list[str]:

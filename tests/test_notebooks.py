@@ -13,7 +13,6 @@ port forwarding) are not executed here.
 
 import ast
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 import nbformat
 import pytest
 
-from tests.conftest import ROOT, run_entry
+from tests.conftest import ROOT, child_env, run_entry
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 NAMES = [p.stem for p in NOTEBOOKS]
@@ -138,7 +137,7 @@ def executed(tmp_path_factory):
     notebooks in little more than the time of the longest. Returns name -> (process, output
     notebook, runs folder, seconds)."""
     tmp = tmp_path_factory.mktemp("notebooks")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    env = child_env()  # the notebooks' tiny configs on the CPU, GPU or not
     # The tiny models first, once: three notebooks building them at the same moment would race.
     run_entry(["make", "-s", "tiny-models"])
     started, procs = time.monotonic(), {}
@@ -187,4 +186,6 @@ def test_notebook_runs_top_to_bottom_on_tiny_models(name, executed):
     trained = {"grpo": ["sft", "grpo"], "dpo": ["dpo"], "ppo": ["reward_model", "lm", "ppo"]}[name]
     for run in trained:
         assert (runs / run / "config.yaml").is_file()
-    assert json.loads((runs / "eval" / "results.json").read_text())
+    # The table shown came from the results file a user keeps: the same task, one entry per row.
+    recorded = json.loads((runs / "eval" / "results.json").read_text())
+    assert set(recorded[task.removeprefix("## ")]) == set(rows), recorded

@@ -1,11 +1,14 @@
 """One precision decision per device (core/precision.py), applied before TrainingArguments exist."""
 
+import json
+
 import pytest
 
 import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
 from core import precision as P
 from core.cli import UserError
 from core.config import apply_precision, parse_args
+from tests.conftest import run_entry
 
 # (requested dtype, device, bf16 native?) -> chosen dtype
 DECISIONS = [
@@ -51,9 +54,49 @@ CPUS = [
 
 @pytest.mark.parametrize("flags,machine,native", CPUS)
 def test_cpu_flags_decide_native_bf16(flags, machine, native):
-    found, evidence = P.cpu_native_bf16(frozenset(flags), machine)
+    found, evidence = P.cpu_native_bf16(frozenset(flags), machine, env={})  # torch's kernels uncapped
     assert found is native
     assert evidence
+
+
+AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+
+
+# The environment torch reads -> what it leaves of native bf16 on a CPU that has it.
+@pytest.mark.parametrize("env, caps", [
+    ({}, []),
+    (AVX2_CAPS, ["ONEDNN_MAX_CPU_ISA=AVX2", "ATEN_CPU_CAPABILITY=avx2"]),  # DEVELOPERS.md's AVX2 stand-in
+    ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, ["ONEDNN_MAX_CPU_ISA=AVX512_CORE"]),  # AVX-512 without BF16
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, ["ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI"]),
+    ({"DNNL_MAX_CPU_ISA": "AVX2"}, ["ONEDNN_MAX_CPU_ISA=AVX2"]),            # oneDNN's older name
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, []),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, []),
+    ({"ONEDNN_MAX_CPU_ISA": "ALL"}, []),
+    ({"ATEN_CPU_CAPABILITY": "default"}, ["ATEN_CPU_CAPABILITY=default"]),
+    ({"ATEN_CPU_CAPABILITY": "avx512"}, []),
+    ({"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, []),  # MKL does float32 GEMMs only
+])
+def test_torch_isa_caps_decide_for_the_kernels_torch_will_run(env, caps):
+    assert P.torch_isa_caps(env) == caps
+    native, evidence = P.cpu_native_bf16(SAPPHIRE_RAPIDS, "x86_64", env=env)
+    assert native is not caps
+    if caps:
+        assert "capped below it" in evidence and caps[0] in evidence
+
+
+def test_the_avx2_stand_in_trains_in_float32_by_itself(tmp_path):
+    """A recipe under torch's AVX2 caps, in its own process: on any CPU (AMX, avx512_bf16 or a real
+    AVX2 one) `dtype: auto` gives float32, and the run records it."""
+    run_dir = tmp_path / "sft"
+    env = {**AVX2_CAPS, "OMP_NUM_THREADS": "1", P.OVERRIDE: ""}  # VIRL_BF16 empty: the machine's own answer
+    proc = run_entry(["python", "-m", "recipes.sft", "--config", "configs/sft/tiny.yaml", "--dtype", "auto",
+                      "--output_dir", str(run_dir), "--max_steps", "2", "--save_strategy", "no"], env=env)
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("[precision]"))
+    assert line.startswith("[precision] float32 on the CPU: dtype auto;"), line
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["precision"]["dtype"] == "float32"
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_cpu_flags_read_from_cpuinfo(tmp_path):
@@ -101,7 +144,7 @@ def test_an_ampere_gpu_trains_in_bf16(monkeypatch):
     assert (values["fp16"], values["bf16"]) == (False, True)
 
 
-def test_a_cpu_without_native_bf16_trains_in_float32(monkeypatch, capsys):
+def test_a_cpu_without_native_bf16_trains_in_float32(monkeypatch, capsys, no_gpu):
     from recipes.sft import ARGUMENT_TYPES
 
     monkeypatch.setattr(P, "cpu_flags", lambda path="/proc/cpuinfo": frozenset({"avx", "avx2", "fma"}))
@@ -122,6 +165,6 @@ def test_the_configs_own_flags_are_overruled_out_loud(monkeypatch, capsys):
     assert "the config's bf16: true follows the decision" in capsys.readouterr().out
 
 
-def test_cuda_asked_of_a_cpu_machine_fails_before_parsing_finishes():
+def test_cuda_asked_of_a_cpu_machine_fails_before_parsing_finishes(no_gpu):
     with pytest.raises(UserError, match="no CUDA GPU is visible"):
         apply_precision({"device": "cuda", "dtype": "auto", "bf16": None, "fp16": False})

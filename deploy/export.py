@@ -86,6 +86,8 @@ def validate(args: argparse.Namespace) -> tuple[ModelSource, str | None, Path, l
                 "(pip install -e '.[serve]'), or add ARGS=--build_quantize to build it once (about 13 min "
                 f"on 2 cores); f16, bf16 and q8_0 need none"
             )
+    if args.format == "gguf":
+        llamacpp.ensure_converter()  # cached by `make install`; else fetched now, before any model is loaded
     return source, quant, out, quantizer
 
 

@@ -88,8 +88,8 @@ def download_sdist(cache_dir: str | Path | None = None) -> Path:
             lines = [ln.strip() for ln in (result.stderr or result.stdout or "").splitlines() if ln.strip()]
             raise UserError(
                 f"could not download {SDIST_REQUIREMENT} (the source of llama.cpp's GGUF converter) from "
-                f"PyPI: {lines[-1] if lines else 'pip failed'}. GGUF export needs PyPI once; then it is cached "
-                f"in {target.parent}"
+                f"PyPI: {lines[-1] if lines else 'pip failed'}. GGUF export needs PyPI once (`make install` fetches "
+                f"it); then it is cached in {target.parent}"
             )
         found = Path(tmp) / SDIST_NAME
         if not found.is_file():

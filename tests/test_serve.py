@@ -16,7 +16,7 @@ import pytest
 
 from core.cli import UserError
 from deploy import serve
-from tests.conftest import ROOT
+from tests.conftest import NO_DOWNLOAD_ENV, ROOT
 from tests.test_chat import free_port
 
 
@@ -80,12 +80,13 @@ def test_missing_engine_says_how_to_install(monkeypatch):
 
 
 @pytest.mark.slow
-def test_llama_cpp_server_answers_and_stops(tiny_models, tmp_path):
+def test_llama_cpp_server_answers_and_stops(tiny_models, tmp_path, llama_cpp_converter):
     """`make serve` on a GGUF export of the tiny model answers /v1/chat/completions, then stops on
     Ctrl-C. Needs `pip install -e '.[serve]'` (about 20 min to compile once)."""
     pytest.importorskip("llama_cpp.server")
     out = tmp_path / "export"
     env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    env.update(NO_DOWNLOAD_ENV)  # the converter comes from `make install`'s cache
     subprocess.run([sys.executable, "-m", "deploy.export", "--model", str(tiny_models / "qwen2"), "--format", "gguf",
                     "--quant", "q8_0", "--output_dir", str(out)], cwd=ROOT, env=env, check=True, capture_output=True)
     port = free_port()

@@ -165,10 +165,16 @@ def is_chatml(tokenizer) -> bool:
 
 def modelfile(gguf_name: str, tokenizer, system_prompt: str, temperature: float = 0.7, top_p: float = 0.95) -> str:
     """An Ollama Modelfile beside the GGUF: ChatML template and stop tokens (when the model's
-    template is ChatML; otherwise Ollama reads the template stored in the GGUF), the recipe's
-    system prompt, and the chat page's default sampling."""
+    template is ChatML; the bare prompt for a model without a chat template; otherwise Ollama
+    reads the template stored in the GGUF), the recipe's system prompt, and the chat page's
+    default sampling."""
     lines = ["# Ollama: ollama create <name> -f Modelfile && ollama run <name>", f"FROM ./{gguf_name}", ""]
-    if is_chatml(tokenizer):
+    if tokenizer.chat_template is None:
+        lines += ["# No chat template: a plain language model that continues the prompt's text.",
+                  'TEMPLATE """{{ .Prompt }}"""', ""]
+        if tokenizer.eos_token:
+            lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')
+    elif is_chatml(tokenizer):
         lines += [f'TEMPLATE """{OLLAMA_CHATML}"""', ""]
         stops = ["<|im_end|>", "<|im_start|>"]
         if tokenizer.eos_token and tokenizer.eos_token not in stops:

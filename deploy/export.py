@@ -86,6 +86,8 @@ def validate(args: argparse.Namespace) -> tuple[ModelSource, str | None, Path, l
                 "(pip install -e '.[serve]'), or add ARGS=--build_quantize to build it once (about 13 min "
                 f"on 2 cores); f16, bf16 and q8_0 need none"
             )
+    if args.format == "gguf":
+        llamacpp.ensure_converter()  # cached by `make install`; else fetched now, before any model is loaded
     return source, quant, out, quantizer
 
 
@@ -105,6 +107,12 @@ def export(args: argparse.Namespace) -> Path:
     system_prompt = args.system_prompt if args.system_prompt is not None else recipe_system_prompt(source, SYSTEM_PROMPT)
     tokenizer_dir = source.name if (Path(source.name) / "tokenizer_config.json").is_file() else source.base
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tokenizer.chat_template is None:
+        # A plain language model (PPO's GPT-2 policy): it continues text and has no system turn.
+        if args.system_prompt:
+            raise UserError(f"{source.describe()} has no chat template (a plain language model): "
+                            "--system_prompt does not apply to it; leave it out")
+        system_prompt = ""
     messages = verify.check_messages(system_prompt)
     n_tokens = args.check_tokens
     times: dict[str, float] = {}

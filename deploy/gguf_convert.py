@@ -13,6 +13,12 @@ transformers 5 gives a Qwen2 tokenizer Qwen2's split whatever tokenizer.json say
 exactly as one of llama.cpp's rules does, this runner names that rule and says so on stderr:
 GPT-2's byte-level regex -> `gpt-2`, Qwen2's split regex + byte level -> `qwen2`. Anything else
 still stops with the converter's own error.
+
+A second addition: config keys the converter reads that transformers 5 no longer writes. GPT-2's
+converter reads `n_ctx` as the context length, which transformers 5 no longer writes for a
+GPT2Config (only `n_positions`, the length of the position table: the real context limit, and the
+value old configs gave `n_ctx`). The converter process gets the key filled in from its modern
+name (`CONFIG_ALIASES`) when the config lacks it; the model directory is never touched.
 """
 
 from __future__ import annotations
@@ -24,6 +30,17 @@ from pathlib import Path
 
 # Qwen2's pre-tokenizer split (transformers' Qwen2 tokenizer; llama.cpp's `qwen2` rule).
 QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+# model_type -> {key the converter reads: key transformers 5 writes}, filled in only when missing.
+CONFIG_ALIASES = {"gpt2": {"n_ctx": "n_positions"}}
+
+
+def with_legacy_keys(config: dict) -> dict:
+    """`config` (the converter's hparams) plus the keys in `CONFIG_ALIASES` it lacks."""
+    aliases = CONFIG_ALIASES.get(config.get("model_type"), {})
+    missing = {old: config[new] for old, new in aliases.items() if old not in config and new in config}
+    return {**config, **missing} if missing else config
 
 
 def llama_cpp_rule(spec: dict) -> str | None:
@@ -64,6 +81,8 @@ def main(argv: list[str]) -> None:
             return rule
 
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+    load_hparams = base.ModelBase.load_hparams
+    base.ModelBase.load_hparams = staticmethod(lambda *a, **kw: with_legacy_keys(load_hparams(*a, **kw)))
     script = converter / "convert_hf_to_gguf.py"
     sys.argv = [str(script), *args]
     runpy.run_path(str(script), run_name="__main__")

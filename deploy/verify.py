@@ -4,7 +4,9 @@ The exported model is loaded back the way a user would load it (safetensors with
 a GGUF file through transformers' GGUF reader, an adapter onto its base) and decodes a few fixed
 Vietnamese prompts greedily next to the model it came from. Both run in float32 on the CPU (or
 GPU), one after the other, with the tokenizer of the Hugging Face folder: transformers' GGUF
-tokenizer would stop at the wrong token (it sets eos to `<|im_start|>` for ChatML models).
+tokenizer would stop at the wrong token (it sets eos to `<|im_start|>` for ChatML models). A
+tokenizer without a chat template (a plain language model such as PPO's GPT-2 policy) gets the
+questions as plain text to continue.
 
 Two numbers per comparison:
 - `identical`: prompts whose greedy continuations are token for token the same;
@@ -142,14 +144,22 @@ def _top1(model, ids: list[int], continuation: list[int]) -> list[int]:
     return logits[len(ids) - 1 : len(ids) - 1 + len(continuation)].argmax(-1).tolist()
 
 
+def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids a check prompt starts from: the chat template with an open assistant turn, or,
+    for a tokenizer without one, the last message's text (what a plain language model continues)."""
+    if tokenizer.chat_template is None:
+        return list(tokenizer(messages[-1]["content"])["input_ids"])
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+
 def reference_run(model, tokenizer, messages: list[list[dict[str, str]]], max_new_tokens: int, label: str) -> Reference:
     """Greedy continuations of the source model and its own top-1 ids over them."""
     start = time.perf_counter()
     ref = Reference(label)
     stops = _stop_ids(tokenizer, model)
     for m in messages:
-        ids = tokenizer.apply_chat_template(m, tokenize=True, add_generation_prompt=True, return_dict=False)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        ids = prompt_ids(tokenizer, m)
         continuation = _greedy(model, tokenizer, ids, max_new_tokens, stops)
         ref.prompt_ids.append(ids)
         ref.continuations.append(continuation)

@@ -75,3 +75,21 @@ def run_entry(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict |
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
                              f"STDERR:\n{proc.stderr[-6000:]}")
     return proc
+
+
+# In a subprocess's env: any attempt to fetch a package (llama.cpp's converter) fails loudly
+# instead of downloading; tests use what `make install` cached.
+NO_DOWNLOAD_ENV = {"PIP_NO_INDEX": "1"}
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_converter() -> Path:
+    """llama.cpp's GGUF converter from the cache, where `make install` put it. Tests never fetch it:
+    without it they fail and say so."""
+    from deploy import llamacpp
+
+    path = llamacpp.converter_dir()
+    if not (path / llamacpp.COMPLETE_MARKER).is_file():
+        pytest.fail(f"llama.cpp's GGUF converter is not in the cache ({path}): run `make install` "
+                    "(it runs `python -m deploy.llamacpp --fetch` once); tests never download it", pytrace=False)
+    return path

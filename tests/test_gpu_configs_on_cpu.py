@@ -255,8 +255,9 @@ class Runner:
 @pytest.fixture(scope="module")
 def runner(request, tiny_models, tmp_path_factory):
     runner = Runner(tmp_path_factory.mktemp("gpu-configs"), tiny_models)
+    # Only the runs this session selected (-k, -m), and what they read from.
     selected = [item.callspec.params["config"] for item in request.session.items
-                if getattr(item, "originalname", None) == "test_gpu_config_runs_on_the_cpu"]
+                if item.name.startswith("test_gpu_config_runs_on_the_cpu[")]
     read = {p for c in GPU_CONFIGS for p in producers(c)}
     # Producers first, so that their readers can start early; readers last.
     for config in sorted(selected, key=lambda c: (c not in read, len(producers(c)), c)):

@@ -58,6 +58,7 @@ from core.cli import UserError, run_cli
 from core.config import ModelArguments, RunArguments, parse_args
 from core.files import write_json_atomic as write_json
 from core.guard import TrainingGuard
+from core.launch import current_launch
 from core.models import load_model_and_tokenizer
 from core.runs import JsonlMetricsCallback, prepare_output_dir, save_final, write_run_info
 from core.timing import attach_ppo_step_timer
@@ -72,6 +73,23 @@ def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     if empty:
         raise UserError(f"{len(empty)} prompt(s) tokenize to nothing, e.g. {empty[0]!r}")
     return ids
+
+
+def check_prompts_fill_an_update(n_prompts: int, args: PPOConfig, world_size: int, source: str) -> None:
+    """Fail when the training prompts cannot fill one PPO update.
+
+    TRL's rollout loop draws each update from a DataLoader with `drop_last=True` and repeats it
+    forever; with fewer prompts than one update takes, the loader yields nothing and the run spins
+    at 0 % without a word. An update takes per_device_train_batch_size x gradient_accumulation_steps
+    distinct prompts on each of the `world_size` processes.
+    """
+    need = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
+    if n_prompts < need:
+        raise UserError(
+            f"one PPO update takes per_device_train_batch_size x gradient_accumulation_steps x processes = "
+            f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} x {world_size} = {need} "
+            f"distinct prompts, but {source} gives {n_prompts} training prompts; lower "
+            "gradient_accumulation_steps or per_device_train_batch_size, or use more data")
 
 
 def left_pad(ids: list[list[int]], width: int, pad_token_id: int) -> torch.Tensor:
@@ -158,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     train_prompts = prompts(sargs.dataset_train_split, sargs.max_prompts)
     eval_prompts = prompts(sargs.dataset_eval_split, None)
     print(f"[data] {len(train_prompts)} training prompts, {len(eval_prompts)} held-out; e.g. {train_prompts[0]!r}")
+    check_prompts_fill_an_update(len(train_prompts), pargs, current_launch().world_size, sargs.dataset_name)
 
     # ---- models: policy (shared loader), reference, value model
     model, tokenizer = load_model_and_tokenizer(margs, seed=pargs.seed)

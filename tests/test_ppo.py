@@ -149,3 +149,20 @@ def test_summarize_shares_and_rewards():
     assert metrics["negative_share"] == pytest.approx(2 / 3) and metrics["neutral_share"] == 0.0
     assert metrics["mean_reward"] == pytest.approx(2 / 3) and metrics["median_reward"] == 1.0
     assert metrics["distinct_1"] == pytest.approx(4 / 5) and metrics["perplexity"] == 12.5
+
+
+def test_too_few_prompts_for_one_update_is_one_line_not_a_silent_spin(tiny_models, tmp_path):
+    """TRL's rollout loop repeats a drop_last DataLoader forever; with fewer prompts than one update
+    takes it yielded nothing and the run spun at 0 % (the fixture's 101 training prompts under the
+    published 16 x 8 = 128 per update did). The recipe now stops before loading any model."""
+    from core.cli import UserError
+    from recipes import ppo
+
+    argv = ["--config", "configs/ppo/tiny.yaml", "--model_name_or_path", str(tiny_models / "gpt2"),
+            "--reward_model", str(tiny_models / "classifier"), "--output_dir", str(tmp_path / "ppo"),
+            "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "8"]
+    with pytest.raises(UserError) as err:
+        ppo.main(argv)
+    message = str(err.value)
+    assert "16 x 8 x 1 = 128 distinct prompts" in message and "gives 101 training prompts" in message
+    assert "\n" not in message

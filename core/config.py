@@ -82,13 +82,14 @@ class RunArguments:
         on_bad_rows (`str`, defaults to `"skip"`): `skip` or `fail` on malformed data rows.
         on_long_rows (`str`, defaults to `"fail"`): rows longer than the model's window (prompt +
             completion budget): `fail` stops before training with the numbers and the fix, `drop`
-            trains without them.
+            trains without them, `cut` (DPO only) trains on their first `max_length` tokens as TRL
+            cuts them, provided every pair's answers still differ within the window.
     """
 
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
     save_merged: bool = field(default=False, metadata={"help": "Also save a merged 16-bit model."})
     on_bad_rows: str = field(default="skip", metadata={"help": "'skip' or 'fail' on malformed data rows."})
-    on_long_rows: str = field(default="fail", metadata={"help": "'fail' or 'drop' rows longer than the model's window."})
+    on_long_rows: str = field(default="fail", metadata={"help": "'fail', 'drop' or (DPO) 'cut' rows longer than the model's window."})
 
 
 class _SharedFieldParser(TrlParser):

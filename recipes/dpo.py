@@ -149,14 +149,25 @@ def run_sft_pass(model, tokenizer, train, pargs: PreferenceArguments, targs: DPO
 
 
 def pair_budget(pairs, tokenizer, window: int, what: str, on_long_rows: str):
-    """The length budget on the longer of each pair's two answers after its prompt."""
-    from data.lengths import enforce_budget, sequence_lengths
+    """The length budget of preference pairs: prompt + the longer answer must fit `window` whole.
 
-    chosen = sequence_lengths(pairs, tokenizer, ["prompt", "chosen"])
-    rejected = sequence_lengths(pairs, tokenizer, ["prompt", "rejected"])
-    longer = [max(a, b) for a, b in zip(chosen, rejected, strict=True)]
+    With `on_long_rows: cut` longer pairs stay, and TRL trains on their first `window` tokens
+    (`truncation_mode: keep_start`). A cut pair still teaches while its two cut answers differ, so
+    what must fit is the prompt plus both answers up to the first token where they differ: a pair
+    cut before that point has identical answers and no gradient, and one whose prompt alone fills
+    the window is dropped by TRL without a word.
+    """
+    from data.lengths import enforce_budget, first_difference, sequence_ids
+
+    chosen = sequence_ids(pairs, tokenizer, ["prompt", "chosen"])
+    rejected = sequence_ids(pairs, tokenizer, ["prompt", "rejected"])
+    longer = [max(len(a), len(b)) for a, b in zip(chosen, rejected, strict=True)]
+    # Up to and including the first differing token; answers that never differ need every token.
+    contrast = [longest if (i := first_difference(a, b)) is None else i + 1
+                for a, b, longest in zip(chosen, rejected, longer, strict=True)]
     return enforce_budget(pairs, longer, limit=window, what=f"{what} (prompt + longer answer)",
-                          on_overflow=on_long_rows, fix="Raise max_length and max_seq_length.")
+                          on_overflow=on_long_rows, fix="Raise max_length and max_seq_length.",
+                          needed=contrast, needed_what="the first token where the two answers differ")
 
 
 def settle_reference(model, starting_adapter: str | None, checkpoint: str | None) -> None:
@@ -227,7 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     base_name = adapter_base(starting_adapter) if starting_adapter else margs.model_name_or_path
     if checkpoint and pargs.sft_first_steps and (sft_adapter / "adapter_config.json").is_file():
         margs.model_name_or_path = starting_adapter = str(sft_adapter)
-    # Both answers of a pair must fit after the prompt: TRL cuts longer pairs at max_length.
+    # Both answers of a pair must fit after the prompt (TRL cuts longer pairs at max_length), unless
+    # the user chose that cut: on_long_rows cut.
+    if rargs.on_long_rows == "cut" and targs.truncation_mode != "keep_start":
+        raise UserError("--on_long_rows cut assumes truncation_mode keep_start (the pair's first max_length tokens "
+                        f"train), got {targs.truncation_mode!r}")
     window = min(targs.max_length or margs.max_seq_length, margs.max_seq_length)
     length_tokenizer = load_tokenizer(margs)
     train = pair_budget(train, length_tokenizer, window, "training pairs", rargs.on_long_rows)

@@ -88,10 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[data] {len(train_ds)} train / {len(eval_ds)} held-out sentences, e.g. {train_ds[0]['text']!r}")
     window = min(targs.max_length or margs.max_seq_length, margs.max_seq_length)
     tokenizer = load_tokenizer(margs)
-    train_ds = check_lengths(train_ds, tokenizer, ["text"], limit=window - 1, reserve=0, what="training sentences",
-                             on_long_rows=run.on_long_rows, fix="Raise max_length and max_seq_length.")
-    eval_ds = check_lengths(eval_ds, tokenizer, ["text"], limit=window - 1, reserve=0, what="held-out sentences",
-                            on_long_rows=run.on_long_rows, fix="Raise max_length and max_seq_length.")
+    # Reserve 1: the EOS SFTTrainer appends. A cut sentence would lose its end and that EOS, which
+    # is what teaches the policy to stop (PPO's stop_token).
+    budget = dict(limit=window, reserve=1, on_long_rows=run.on_long_rows, fix="Raise max_length and max_seq_length.")
+    train_ds = check_lengths(train_ds, tokenizer, ["text"], what="training sentences", **budget)
+    eval_ds = check_lengths(eval_ds, tokenizer, ["text"], what="held-out sentences", **budget)
 
     # ---- model (the shared loader; GPT-2 has no chat template: require_chat_template false)
     model, tokenizer = load_model_and_tokenizer(margs, seed=targs.seed)

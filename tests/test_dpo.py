@@ -146,13 +146,3 @@ def test_shipped_configs_parse_into_the_recipe_options(name):
         assert (margs.lora_r, targs.learning_rate, targs.max_length, margs.load_in_4bit) == (16, 3e-5, 512, True)
         assert targs.per_device_train_batch_size * targs.gradient_accumulation_steps == 24
         assert pargs.sft_first_steps > 0 and pargs.dataset_name == "thainq107/Vi-Alpaca-Preference"
-
-
-@pytest.mark.slow
-def test_demo_config_runs_on_the_embedded_model(tmp_path):
-    out = tmp_path / "demo"
-    run_entry(["make", "dpo", "CONFIG=configs/dpo/demo.yaml",
-               f"ARGS=--output_dir {out} --results_dir {tmp_path / 'eval'} --max_steps 2 --eval_max_pairs 4 "
-               "--eval_generations 1 --eval_max_new_tokens 16"], env=ENV, timeout=1200)
-    metrics = json.loads((out / "preference_eval.json").read_text(encoding="utf-8"))["metrics"]
-    assert metrics["demo"]["pairs"] == 4 and "reward_margin" in metrics["demo"]

@@ -1,8 +1,10 @@
-"""PPO sentiment steering: the make chain end to end on tiny models, and a learning test.
+"""PPO sentiment steering: the make chain end to end on tiny models, and two learning tests.
 
-The chain (`make lm` -> `make ppo` -> `make eval-sentiment`) runs the entry points a user runs;
-the learning test builds TRL's PPOTrainer the way recipes/ppo.py does, around a toy text reward
-behind the same `TextRewardAdapter`, and checks that sampling from the trained policy earns more.
+The chain (`make lm` -> `make ppo` -> `make eval-sentiment`) runs the entry points a user runs.
+One learning test builds TRL's PPOTrainer the way recipes/ppo.py does (full fine-tune, separate
+reference) around a toy text reward behind the same `TextRewardAdapter`; the other runs
+`python -m recipes.ppo` with configs/ppo/demo.yaml's LoRA policy (reference = the adapter switched
+off) against a hand-set classifier. Both check that sampling from the trained policy earns more.
 """
 
 import json
@@ -121,6 +123,90 @@ def test_ppo_raises_a_toy_text_reward(tiny_models, tmp_path):
     after = mean_reward(policy)
     # Measured: about 0.22 before and 1.3 after 12 updates; a broken reward path stays near 0.22.
     assert after > 2 * before, (before, after)
+
+
+def letter_classifier(out, tokenizer_dir, letter: str = "a", scale: float = 10.0):
+    """A sequence classifier, set by hand, whose "negative" logit is `scale` x the mean count of
+    `letter` per token of the text: a reward with variance that a policy can learn to raise.
+
+    A one-layer GPT-2 (it reads the last real token, as TRL's reward models do): each token's
+    embedding is (count, -count, 0, 0); query and key weights are 0, so attention averages the
+    values over the whole text, and the value path copies the count into dimensions 2-3; a layer
+    norm epsilon of 1e6 with weight 1e3 makes every layer norm x - mean(x), linear here because
+    the pairs (c, -c) have mean 0; the MLP is zero; the head reads dimension 2.
+    """
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    from rewards.sentiment import save_preprocessing
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    eps = 1e6
+    labels = ["negative", "neutral", "positive"]
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=4, n_layer=1, n_head=1, n_inner=4,
+                        layer_norm_epsilon=eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        pad_token_id=tokenizer.pad_token_id, num_labels=3, id2label=dict(enumerate(labels)),
+                        label2id={name: i for i, name in enumerate(labels)})
+    model = GPT2ForSequenceClassification(config)
+    counts = torch.tensor([tokenizer.decode([i]).count(letter) for i in range(len(tokenizer))], dtype=torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        model.transformer.wte.weight[:, 0] = counts
+        model.transformer.wte.weight[:, 1] = -counts
+        block = model.transformer.h[0]
+        for norm in (block.ln_1, block.ln_2, model.transformer.ln_f):
+            norm.weight.fill_(eps ** 0.5)
+        block.attn.c_attn.weight[0, 2 * 4 + 2] = 1.0  # c_attn maps x to [query | key | value]
+        block.attn.c_attn.weight[1, 2 * 4 + 3] = 1.0
+        block.attn.c_proj.weight.copy_(torch.eye(4))
+        model.score.weight[0, 2] = scale
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    save_preprocessing(out, word_segmentation=False, max_length=256)
+    return tokenizer
+
+
+def test_ppo_with_the_demo_lora_policy_raises_a_classifier_reward(tiny_models, tmp_path):
+    """configs/ppo/demo.yaml's path - a LoRA policy whose reference is the adapter switched off,
+    scored by a classifier through the cross-tokenizer adapter - on the tiny Qwen2 (the demo's
+    SmolLM2 is a Llama, the same layer names). Overridden for a toy problem: the reward model, a
+    larger constant step, 16 episodes x 4 PPO epochs per update, 8-token responses, and LoRA also
+    on lm_head: the random tiny model's output layer barely responds to its hidden states (logits
+    within about +-1 of uniform), so LoRA on the projections alone did not move its samples in 16
+    updates at lr 1e-2 or 3e-2 (measured: sample reward 0.39 -> 0.29, 0.20 -> 0.14)."""
+    from rewards.sentiment import SentimentScorer
+
+    classifier = tmp_path / "letter-a"
+    tokenizer = letter_classifier(classifier, tiny_models / "tokenizer")
+    scorer = SentimentScorer(str(classifier), label="negative", score="logit", device="cpu")
+    texts = ["aaaa aaaa", "thầy dạy hay lắm", "xyz b c"]
+    expected = [10 * sum(tokenizer.decode([i]).count("a") for i in ids) / len(ids)
+                for ids in tokenizer(texts)["input_ids"]]
+    assert scorer(texts) == pytest.approx(expected, abs=1e-3) and expected[0] > expected[1] > expected[2] == 0
+
+    out = tmp_path / "ppo"
+    proc = run_entry(["python", "-m", "recipes.ppo", "--config", "configs/ppo/demo.yaml",
+                      "--model_name_or_path", str(tiny_models / "qwen2"), "--reward_model", str(classifier),
+                      "--output_dir", str(out), "--total_episodes", "192", "--per_device_train_batch_size", "16",
+                      "--gradient_accumulation_steps", "1", "--num_ppo_epochs", "4", "--response_length", "8",
+                      "--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--kl_coef", "0.01",
+                      "--sample_every", "4", "--sample_prompts", "16", "--lora_target_modules", "q_proj", "k_proj",
+                      "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"], env=ENV)
+    assert "reference: the policy with its LoRA adapter disabled" in proc.stdout
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and not (out / "model").exists()
+
+    steps = [row for row in _jsonl(out / "metrics.jsonl") if "objective/scores" in row]
+    assert len(steps) == 12
+    # The first rollout comes before any update: policy and reference (adapter off) agree exactly.
+    # Afterwards they part: a reference that followed the adapter would keep the KL at 0.
+    assert abs(steps[0]["objective/kl"]) < 1e-4 and steps[-1]["objective/kl"] > 1.0
+    summary = json.loads((out / "metrics.json").read_text())
+    # Measured: sampled reward on 16 held-out prompts 0.30 -> 2.96, PPO's scores (3 updates' mean)
+    # 0.35 -> 1.90; with a broken reward path or a frozen adapter they stay within noise of the start.
+    assert summary["sample_reward_last"] > 3 * summary["sample_reward_first"], summary
+    early = sum(row["objective/scores"] for row in steps[:3]) / 3
+    late = sum(row["objective/scores"] for row in steps[-3:]) / 3
+    assert late > 2 * early, (early, late)
 
 
 @pytest.mark.parametrize(

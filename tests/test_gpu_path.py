@@ -2,7 +2,7 @@
 
 On a CPU, Unsloth runs a separate backend, so these tests check what the toolkit hands Unsloth's GPU
 loader (its arguments), and what the toolkit does itself where Unsloth's GPU path would go wrong
-(the adapter's recorded base, merging into 16-bit). bench/gpu_check.sh asserts the same on a GPU.
+(the adapter's recorded base, merging into 16-bit). bench/gpu_check.py asserts the same on a GPU.
 """
 
 import json
@@ -124,6 +124,7 @@ def test_vllm_slots_hold_the_adapter_being_continued(unsloth_calls, tiny_models,
     adapter = _adapter(tiny_models, tmp_path, r=32)
     monkeypatch.setattr(core.precision, "has_cuda", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA L4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 9))
     monkeypatch.setenv("VIRL_BF16", "1")
     monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
     margs = ModelArguments(model_name_or_path=str(adapter), use_peft=True, lora_r=16, load_in_4bit=False,

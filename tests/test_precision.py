@@ -92,6 +92,7 @@ def test_a_v100_is_refused_in_one_line_before_loading(monkeypatch):
 
 def test_float32_under_unsloth_on_a_bf16_gpu_says_so_at_parse(monkeypatch, capsys):
     _fake_gpu(monkeypatch, "NVIDIA GeForce RTX 4090", (8, 9), bf16=True)
+    monkeypatch.setattr(P, "_ANNOUNCED", set())  # the decision line is printed once per process
     values = {"dtype": "float32", "device": "auto", "backend": "unsloth", "bf16": None, "fp16": False,
               "use_cpu": False}
     assert apply_precision(values).dtype == "bfloat16" and (values["bf16"], values["fp16"]) == (True, False)

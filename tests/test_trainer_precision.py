@@ -13,7 +13,7 @@ import json
 import pytest
 
 from core.precision import decide
-from tests.conftest import run_entry
+from tests.conftest import ROOT, run_entry
 
 # (trainer, GPU has native bf16, dtype the config asks for, full finetuning)
 RUNS = [
@@ -49,7 +49,8 @@ def probed(tiny_models, tmp_path_factory):
     cases.append({"trainer": "ppo", "gpu_bf16": True, "full_finetuning": True, "handed_dtype": "float32",
                   "bf16": False, "fp16": False})
     (tmp / "cases.json").write_text(json.dumps(cases))
-    env = {"UNSLOTH_COMPILE_LOCATION": str(tmp / "unsloth_cache"), "OMP_NUM_THREADS": "1"}
+    # PYTHONPATH: this checkout's core/, not the one an editable install of another checkout points to.
+    env = {"UNSLOTH_COMPILE_LOCATION": str(tmp / "unsloth_cache"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = run_entry(["python", "tests/trainer_precision_probe.py", str(tiny_models / "qwen2"),
                       str(tmp / "cases.json")], env=env, timeout=900)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULTS "))

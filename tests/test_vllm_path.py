@@ -16,6 +16,7 @@ import torch
 
 import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
 import core.precision
+import recipes.grpo  # TRL's GRPO module asks whether vLLM is installed when imported: before the stand-in
 from core.config import ModelArguments
 from core.models import load_model_and_tokenizer
 
@@ -46,6 +47,7 @@ def gpu_with_vllm(monkeypatch):
 
     monkeypatch.setattr(zoo, "patch_vllm_compute_dtype", engine)
     monkeypatch.setattr(core.precision, "has_cuda", lambda: True)
+    monkeypatch.setattr(core.precision, "_ANNOUNCED", set())  # the fake GPUs' lines stay out of other tests
     monkeypatch.delenv(core.precision.OVERRIDE, raising=False)
 
     def machine(capability=(8, 9), bf16=True, plugin=True):
@@ -148,3 +150,29 @@ def test_float32_is_not_handed_to_vllm(gpu_with_vllm, unsloth_load, tiny_models,
     kwargs, started = unsloth_load[-1]
     assert kwargs["dtype"] == torch.float32 and not kwargs.get("fast_inference") and started is None
     assert "vLLM computes in bfloat16 or float16, not float32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("capability, bf16, dtype", [((8, 9), True, torch.bfloat16), ((7, 5), False, torch.float16)])
+def test_the_gpu_checks_vllm_runs_ask_for_a_dtype_vllm_accepts(gpu_with_vllm, unsloth_load, tiny_models, tmp_path,
+                                                                  capability, bf16, dtype):
+    """bench/gpu_check.py's vLLM checks, as it builds them (on configs/grpo/tiny.yaml, which says
+    float32): parsed by the recipe's own parser, their model options reach load_vllm's engine."""
+    import argparse
+
+    from bench.gpu_check import GPUCheck
+    from core.config import RunArguments, parse_args
+
+    check = GPUCheck(argparse.Namespace(out=str(tmp_path), work=str(tmp_path / "work"), device="cuda", jobs=1,
+                                        budget=600, limit={}, only=None))
+    check.env = {"vllm_imports": True, "cuda": True}
+    for name in ("vllm_grpo", "grpo_from_adapter_vllm"):
+        command = next(c for c in check.checks() if c.name == name).command()
+        argv = command[command.index("recipes.grpo") + 1:]
+        argv[argv.index("--device") + 1] = "cpu"  # parsed here, where TrainingArguments sees no GPU
+        _, _, margs, _ = parse_args([recipes.grpo.GRPOScriptArguments, recipes.grpo.GRPOConfig, ModelArguments,
+                                      RunArguments], argv)
+        assert margs.fast_inference and margs.load_in_4bit and margs.dtype == "auto", name
+        gpu_with_vllm(capability, bf16, plugin=True)
+        margs.device, margs.model_name_or_path, margs.max_seq_length = "auto", str(tiny_models / "qwen2"), 64
+        load_model_and_tokenizer(margs, for_training=False)
+        assert unsloth_load[-1][1] == dtype, name

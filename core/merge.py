@@ -26,9 +26,11 @@ MERGE_PROBES = (
     "Một cửa hàng bán 1.250.000 đồng tiền vải mỗi ngày. Sau 3 ngày cửa hàng thu được bao nhiêu tiền?",
     "Giảng viên dạy rất nhiệt tình và dễ hiểu.",
 )
-# Next-token agreement a 16-bit merge must keep with base + adapter on the probes: rounding the
-# merged weights to 16 bits moves near-ties (deploy/verify.py's rule for 16-bit rounding).
-AGREEMENT_16BIT = 0.95
+# How far rounding the merged weights to 16 bits may move the probes' logits, as a share of their
+# largest magnitude. Rounding flips near-ties, so next-token agreement is reported, not required
+# (a random 0.5B-shaped model kept 94 % with every logit within 0.04); the per-layer check below
+# is the exact one, and deploy/verify.py checks the export's continuations on top.
+LOGITS_16BIT = 0.05
 # Largest relative difference between a merged layer and base layer + LoRA, in float32, before
 # rounding: float32 round-off is ~1e-6; a wrong scale or transpose is orders of magnitude more.
 LAYER_TOLERANCE = 1e-4
@@ -108,7 +110,7 @@ def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "bfloat16", trust
       weight is rounded to `dtype` (`LAYER_TOLERANCE`): the merge arithmetic is exact;
     - the merged model's logits on fixed Vietnamese probes against base + adapter: in float32 the
       same next token everywhere and max |diff| <= 1e-3 of the logit scale; in 16 bits the rounding
-      of the merged weights allows `AGREEMENT_16BIT`;
+      of the merged weights allows `LOGITS_16BIT` of it;
     - the saved tensors equal the merged model's.
     Writes `merge.json` with the numbers, the device and this process's peak RSS. Returns them.
     """
@@ -165,10 +167,11 @@ def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "bfloat16", trust
     agreement = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
     scale = max(1.0, expected.abs().max().item())
     exact = save_dtype == torch.float32
-    if (diff > 1e-3 * scale or agreement < 1.0) if exact else agreement < AGREEMENT_16BIT:
-        rule = "all, |diff| <= 1e-3 of the logits" if exact else f">= {AGREEMENT_16BIT:.0%}"
-        raise RuntimeError(f"merge check failed: merged logits differ from base + adapter by up to {diff:.3g} "
-                           f"(next-token agreement {agreement:.1%}, needed {rule}); the merged model was not saved")
+    if (diff > 1e-3 * scale or agreement < 1.0) if exact else diff > LOGITS_16BIT * scale:
+        rule = "every next token and 1e-3" if exact else f"{LOGITS_16BIT}"
+        raise RuntimeError(f"merge check failed: merged logits differ from base + adapter by up to {diff:.3g} of "
+                           f"{scale:.3g} (next-token agreement {agreement:.1%}; allowed: {rule} of the largest logit); "
+                           "the merged model was not saved")
     del expected, got
 
     merged.config.pad_token_id = tokenizer.pad_token_id
@@ -189,7 +192,8 @@ def merge_adapter(adapter_dir: str, out_dir: str, dtype: str = "bfloat16", trust
                 compared += 1
     report = {"base": base, "adapter": str(adapter_dir), "dtype": dtype, "device": device,
               "lora_layers_checked": len(layers), "max_layer_rel_diff_fp32": worst,
-              "probe_positions": int(mask.sum()), "max_abs_logit_diff": diff, "next_token_agreement": agreement,
+              "probe_positions": int(mask.sum()), "max_abs_logit_diff": diff, "logit_scale": scale,
+              "next_token_agreement": agreement,
               "logits": f"computed in float32 from the {dtype} weights", "saved_tensors_checked": compared,
               "peak_rss_gb": peak_rss_gb(), "seconds": round(time.time() - t0, 1)}
     write_json(tmp / "merge.json", report)

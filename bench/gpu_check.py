@@ -52,6 +52,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,15 +121,13 @@ def environment() -> dict[str, Any]:
 
     import torch
 
-    from core.precision import has_kernels_for
+    from core.precision import has_kernels_for, native_bf16
 
     found: dict[str, Any] = {"python": platform.python_version(), "versions": versions(),
                              "vllm_imports": importlib.util.find_spec("vllm") is not None,
                              "vllm_bnb_plugin_imports": importlib.util.find_spec("vllm_bnb_plugin") is not None,
                              "cuda": torch.cuda.is_available(), "torch_cuda": torch.version.cuda,
                              "arch_list": torch.cuda.get_arch_list()}
-    from core.precision import native_bf16
-
     found["native_bf16_decided"] = native_bf16("cuda" if found["cuda"] else "cpu")[0]  # VIRL_BF16 counts
     if found["cuda"]:
         capability = tuple(torch.cuda.get_device_capability(0))
@@ -160,19 +159,19 @@ class GPUCheck:
     # ------------------------------------------------------------------------------ models, data
     @property
     def tiny(self) -> Path:
-        return self.work / "tiny"
+        return self.work / "models" / "tiny"
 
     @property
     def toy(self) -> Path:
-        return self.work / "toy"
+        return self.work / "models" / "toy"
 
     @property
     def qwen05(self) -> Path:
-        return self.work / "qwen2.5-0.5b"
+        return self.work / "models" / "qwen2.5-0.5b"
 
     @property
     def digits(self) -> Path:
-        return self.work / "digits.jsonl"
+        return self.work / "models" / "digits.jsonl"
 
     @property
     def vllm(self) -> bool:
@@ -182,7 +181,7 @@ class GPUCheck:
         return not self.args.only or any(n in self.args.only for n in names)
 
     def common(self, run: str) -> list[str]:
-        return ["--device", self.device, "--backend", "unsloth", "--output_dir", str(self.work / run),
+        return ["--device", self.device, "--backend", "unsloth", "--output_dir", str(self.work / "runs" / run),
                 "--report_to", "none", "--logging_steps", "1"]
 
     def toy_lora(self) -> list[str]:
@@ -192,7 +191,7 @@ class GPUCheck:
     # ----------------------------------------------------------------------------------- checks
     def checks(self) -> list[Check]:
         py = [sys.executable, "-m"]
-        w = self.work
+        w = self.work / "runs"
         def no_vllm():
             return None if self.vllm else "vLLM does not import here (or no GPU): make gpu-check VLLM=1 installs it"
 
@@ -326,7 +325,7 @@ class GPUCheck:
                      "--gpu_memory_utilization", "0.3"]
         return [
             Check("environment", lambda: py + ["bench.gpu_check", "--environment"], env_ok, limit=120),
-            Check("models", lambda: py + ["bench.gpu_check", "--prepare", "--work", str(w),
+            Check("models", lambda: py + ["bench.gpu_check", "--prepare", "--work", str(self.work),
                                           *(["--vllm-model"] if self.vllm else [])], models_ready,
                   after=("environment",), limit=300),
             Check("sft_learns", lambda: py + ["recipes.sft", "--config", "configs/sft/tiny.yaml", *self.common("sft"),
@@ -406,7 +405,7 @@ class GPUCheck:
             return {"status": "skipped", "why": f"needs {', '.join(failed)}, which did not run"}
         command = check.command()
         stdout, peak = "", None
-        run_dir = self.work / check.run_dir
+        run_dir = self.work / "runs" / check.run_dir
         if command is not None:
             if "--output_dir" in command:
                 run_dir = Path(command[command.index("--output_dir") + 1])
@@ -461,7 +460,9 @@ class GPUCheck:
 
     def run(self) -> dict[str, Any]:
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.work.mkdir(parents=True, exist_ok=True)
+        # The runs of an earlier GPU check would make every recipe refuse its output_dir; the models stay.
+        shutil.rmtree(self.work / "runs", ignore_errors=True)
+        (self.work / "runs").mkdir(parents=True)
         pending = [c for c in self.checks() if self.selected(c.name) or c.name in ("environment", "models")]
         for check in pending:  # every recipe runs on the models the `models` check builds
             if check.name not in ("environment", "models"):
@@ -540,13 +541,14 @@ def prepare(work: Path, vllm_model: bool) -> None:
     from bench.models import build_model
     from recipes.tiny import build_all
 
-    build_all(work / "tiny")
-    build_model("toy", work / "toy")
+    models = work / "models"
+    build_all(models / "tiny")
+    build_model("toy", models / "toy")
     if vllm_model:
-        build_model("0.5b", work / "qwen2.5-0.5b")
+        build_model("0.5b", models / "qwen2.5-0.5b")
     # Problems whose worked answer is all digits: an adapter trained on them writes digits.
     rows = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    with open(work / "digits.jsonl", "w", encoding="utf-8") as fh:
+    with open(models / "digits.jsonl", "w", encoding="utf-8") as fh:
         for row in rows[:16]:
             fh.write(json.dumps({"question": row["question"], "explanation": "1234567890 0987654321 1234567890",
                                  "answer": "1234567890"}, ensure_ascii=False) + "\n")
@@ -626,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"),
                         help="folder for gpu_check.json/.md and gpu_check_logs/ (default bench/results)")
-    parser.add_argument("--work", default="/tmp/virl-gpu-check", help="models and run folders")
+    parser.add_argument("--work", default="/tmp/virl-gpu-check",
+                        help="scratch folder: models/ (kept for the next check) and runs/ (cleared at the start)")
     parser.add_argument("--device", default=None, help="cuda (default when a GPU is visible) or cpu")
     parser.add_argument("--jobs", type=int, default=None, help="checks at a time (default 6 on a GPU, 1 on a CPU)")
     parser.add_argument("--budget", type=int, default=600,

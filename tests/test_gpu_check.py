@@ -65,11 +65,13 @@ def test_a_check_killed_by_its_limit_leaves_a_partial_report(tmp_path):
     assert not group_alive(running)
 
 
-def test_an_unknown_check_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--only", "sft_learn",
-                           "--out", str(tmp_path)], cwd=ROOT, env=child_env(), capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown check(s) sft_learn: choose from environment")
+def test_an_unknown_check_is_refused_before_anything_runs(tmp_path):
+    from bench.gpu_check import main
+    from core.cli import UserError
+
+    with pytest.raises(UserError, match=r"^unknown check\(s\) sft_learn: choose from environment, models, sft_learns"):
+        main(["--device", "cpu", "--only", "sft_learn", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
 
 
 def test_make_gpu_check_runs_the_check_and_installs_vllm_on_request():

@@ -61,6 +61,8 @@ def autocast(flags) -> str:
     return "bfloat16" if flags["bf16"] else "float16" if flags["fp16"] else "none"
 
 
+# The probe imports unsloth.models.rl, which generates every trainer: about 35 s on 2 cores.
+@pytest.mark.slow
 def test_the_trainer_keeps_what_the_decision_recorded(probed):
     decisions, results = probed
     for run, precision, got in zip(RUNS, decisions, results, strict=False):
@@ -69,6 +71,7 @@ def test_the_trainer_keeps_what_the_decision_recorded(probed):
         assert got["accelerate"] == {"bfloat16": "bf16", "float16": "fp16", "none": "no"}[expected]
 
 
+@pytest.mark.slow
 def test_float32_under_unsloth_on_a_bf16_gpu_becomes_bf16_autocast(probed):
     """Why the decision says bfloat16 there: with no flag set, the generated trainer sets bf16 itself
     (LoRA and full finetuning alike). If a new Unsloth keeps float32, this fails and the decision in

@@ -114,3 +114,18 @@ def test_the_chat_page_cannot_share_the_set_which_is_why_it_is_an_extra():
     assert not any(Requirement(x).name == "gradio" for x in PYPROJECT["dependencies"])
     found = constraints(the_set("vllm", "chat"))
     assert set(conflicts(found)) == {"pillow"}
+
+
+def test_the_chat_page_without_gradio_names_its_extra_before_loading(monkeypatch):
+    """An environment holding the vllm extra may lack gradio: the page says which extra, in one
+    line, before minutes of model loading (`--ask` needs no gradio)."""
+    import importlib.util
+
+    from core.cli import UserError
+    from deploy import chat
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    monkeypatch.setattr(chat, "load_chat_model", lambda args: pytest.fail("loaded a model first"))
+    with pytest.raises(UserError, match=r"the chat page needs gradio: pip install -e '\.\[chat\]'"):
+        chat.main(["--model_name_or_path", "embedded"])

@@ -19,9 +19,16 @@ Rules the generator keeps:
   written the Vietnamese way in the question ("15.000 đồng") and as plain digits in the explanation
   and answer ("15000 + 7000 = 22000", "22000").
 
+Out of distribution (`make_ood`, ``--n_test_ood``): a second test set with the same templates but
+number ranges the other splits never draw (`OOD_RANGES`): ``+``/``-`` operands 51-99, a first
+``x``/``:`` outside the 10 x 10 table (11-15), later factors 6-9 and divisors 11-15 (so chains with
+two divisions are rarer there: most cannot be built from those numbers). Whether a
+trained policy carries its arithmetic over to numbers it never saw is a question about
+generalisation; train, test and dev do not change when it is written.
+
 Command line (refuses to overwrite existing files without ``--overwrite``)::
 
-    python -m data.synthetic --n_train 400 --n_test 200 --seed 0 --out DIR [--n_dev 64]
+    python -m data.synthetic --n_train 400 --n_test 200 --seed 0 --out DIR [--n_dev 64] [--n_test_ood 200]
 """
 
 from __future__ import annotations
@@ -46,6 +53,29 @@ TABLE = 10  # a first x or : stays inside the 10 x 10 table; later divisors too
 LATER_FACTOR = 5  # a later x multiplies by at most this
 MONEY_RATE = 0.1
 MONEY_UNIT = 1000  # money problems do their arithmetic in thousands of đồng
+
+
+@dataclass(frozen=True)
+class NumberRanges:
+    """Where a problem's numbers are drawn from (inclusive bounds; money in thousands of đồng).
+
+    Fields: ``add`` the operand of a ``+``/``-`` (and the start value before one), ``table`` both
+    numbers of a first ``x`` (and the divisor and quotient of a first ``:``), ``later_factor`` and
+    ``later_divisor`` a later step's ``x`` and ``:``, ``max_value`` the bound on every running result.
+    """
+
+    add: tuple[int, int] = (2, SMALL)
+    table: tuple[int, int] = (2, TABLE)
+    later_factor: tuple[int, int] = (2, LATER_FACTOR)
+    later_divisor: tuple[int, int] = (2, TABLE)
+    max_value: int = MAX_VALUE
+
+
+TRAINING_RANGES = NumberRanges()  # train, test and dev
+# Every operand outside what TRAINING_RANGES can draw, kept as close to it as that allows: two-digit
+# additions, the times table just past 10. Results stay below 5000 (money: 5 million đồng).
+OOD_RANGES = NumberRanges(add=(SMALL + 1, 99), table=(TABLE + 1, 15), later_factor=(LATER_FACTOR + 1, 9),
+                          later_divisor=(TABLE + 1, 15), max_value=5000)
 
 
 @dataclass(frozen=True)
@@ -260,42 +290,49 @@ def vi_number(value: int) -> str:
     return f"{value:,}".replace(",", ".")
 
 
-def _pick_numbers(rng: random.Random, ops_seq: Sequence[str]) -> tuple[int, list[int]] | None:
-    """Start value and one operand per step (money in thousands), or None when a draw hits a bound."""
+def _pick_numbers(rng: random.Random, ops_seq: Sequence[str],
+                  ranges: NumberRanges = TRAINING_RANGES) -> tuple[int, list[int]] | None:
+    """Start value and one operand per step (money in thousands), or None when a draw hits a bound.
+
+    With `TRAINING_RANGES` the draws are the ones this generator has always made (same calls on
+    `rng`), so a seed gives the same problems as before number ranges were an option."""
     first = ops_seq[0]
+    add_lo, add_hi = ranges.add
     divisor = 0
     if first == "*":
-        start = rng.randint(2, TABLE)
+        start = rng.randint(*ranges.table)
     elif first == "/":
-        divisor = rng.randint(2, TABLE)
-        start = divisor * rng.randint(2, TABLE)
+        divisor = rng.randint(*ranges.table)
+        start = divisor * rng.randint(*ranges.table)
     else:
-        start = rng.randint(3 if first == "-" else 2, SMALL)
+        start = rng.randint(add_lo + 1 if first == "-" else add_lo, add_hi)
     value, operands = start, []
     for i, op in enumerate(ops_seq):
         if op == "+":
-            hi = min(SMALL, MAX_VALUE - value)
-            if hi < 2:
+            hi = min(add_hi, ranges.max_value - value)
+            if hi < add_lo:
                 return None
-            b = rng.randint(2, hi)
+            b = rng.randint(add_lo, hi)
             value += b
         elif op == "-":
-            hi = min(SMALL, value - 1)  # never below 1: "còn lại 0" stories stall the next step
-            if hi < 2:
+            hi = min(add_hi, value - 1)  # never below 1: "còn lại 0" stories stall the next step
+            if hi < add_lo:
                 return None
-            b = rng.randint(2, hi)
+            b = rng.randint(add_lo, hi)
             value -= b
         elif op == "*":
-            hi = TABLE if i == 0 else min(LATER_FACTOR, MAX_VALUE // value)
-            if hi < 2:
+            lo, hi = ranges.table if i == 0 else (ranges.later_factor[0],
+                                                  min(ranges.later_factor[1], ranges.max_value // value))
+            if hi < lo:
                 return None
-            b = rng.randint(2, hi)
+            b = rng.randint(lo, hi)
             value *= b
         else:
             if i == 0:
                 b = divisor
             else:
-                choices = [d for d in range(2, TABLE + 1) if value % d == 0 and value // d >= 2]
+                lo, hi = ranges.later_divisor
+                choices = [d for d in range(lo, hi + 1) if value % d == 0 and value // d >= 2]
                 if not choices:
                     return None
                 b = rng.choice(choices)
@@ -395,17 +432,19 @@ def _check_steps_ops(steps: int, ops: Sequence[str]) -> None:
 
 
 def generate_problem(
-    rng: random.Random, steps: int, ops: tuple[str, ...] = OPS, money: bool = False
+    rng: random.Random, steps: int, ops: tuple[str, ...] = OPS, money: bool = False,
+    ranges: NumberRanges = TRAINING_RANGES,
 ) -> dict:
     """One problem of `steps` operations drawn uniformly from `ops`, using only `rng`.
 
     Returns ``{"question", "explanation", "answer", "steps"}``; ``money=True`` tells the story in
-    đồng (values in thousands, grouped "15.000 đồng" in the question, plain digits elsewhere).
+    đồng (values in thousands, grouped "15.000 đồng" in the question, plain digits elsewhere);
+    `ranges` says where the numbers come from.
     """
     _check_steps_ops(steps, ops)
     ops_seq = [rng.choice(ops) for _ in range(steps)]
     for _ in range(1000):  # a chain like ": : :" needs a lucky start; bounded retries keep it exact
-        picked = _pick_numbers(rng, ops_seq)
+        picked = _pick_numbers(rng, ops_seq, ranges)
         if picked is not None:
             break
     else:
@@ -437,6 +476,7 @@ def _generate(
     ops: tuple[str, ...] = OPS,
     money_rate: float = MONEY_RATE,
     avoid: tuple[set[str], set[tuple[int, ...]]] | None = None,
+    ranges: NumberRanges = TRAINING_RANGES,
 ) -> list[dict]:
     """`n` problems with distinct questions from `rng`, skipping the questions and number keys in `avoid`."""
     if not isinstance(n, int) or n < 0:
@@ -462,7 +502,12 @@ def _generate(
             return rows
         steps = rng.choices(levels, weights=step_weights)[0]
         money = rng.random() < money_rate
-        row = generate_problem(rng, steps, ops, money=money)
+        try:
+            row = generate_problem(rng, steps, ops, money=money, ranges=ranges)
+        except DataError:
+            if ranges == TRAINING_RANGES:
+                raise
+            continue  # OOD numbers cannot build every chain (": :" needs a quotient >= 11): draw another
         question = row["question"]
         if question in seen or question in avoid_questions or number_key(row) in avoid_keys:
             continue
@@ -518,6 +563,16 @@ def make_splits(n_train: int, n_test: int, seed: int = 0, n_dev: int = 0,
     return (train, test, dev) if n_dev else (train, test)
 
 
+def make_ood(n: int, seed: int = 0, **kwargs) -> list[dict]:
+    """`n` out-of-distribution test problems: the templates and step counts of `make_splits`, the
+    numbers from `OOD_RANGES`, which no train, test or dev problem draws from.
+
+    Its own seed stream, ``Random(f"synthetic-ood-{seed}")``: writing it changes no other split.
+    `kwargs` are `generate`'s options (min_steps, max_steps, step_weights, ops, money_rate).
+    """
+    return _generate(random.Random(f"synthetic-ood-{seed}"), n, ranges=OOD_RANGES, **kwargs)
+
+
 def _summary(rows: list[dict]) -> str:
     counts = [sum(row["steps"] == s for row in rows) for s in range(1, MAX_STEPS + 1)]
     money = sum("đồng" in row["question"] for row in rows)
@@ -533,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n_test", type=int, default=200, help="held-out problems (default 200)")
     parser.add_argument("--n_dev", type=int, default=0,
                         help="development problems, apart from both, for choosing settings (default 0: no dev.jsonl)")
+    parser.add_argument("--n_test_ood", type=int, default=0,
+                        help="out-of-distribution test problems, numbers no other split uses (default 0: "
+                             "no test_ood.jsonl)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both split streams (default 0)")
     parser.add_argument("--out", required=True, help="directory for train.jsonl and test.jsonl")
     parser.add_argument("--min_steps", type=int, default=1)
@@ -549,21 +607,26 @@ def main(argv: list[str] | None = None) -> int:
     paths = {"train": out / "train.jsonl", "test": out / "test.jsonl"}
     if args.n_dev:
         paths["dev"] = out / "dev.jsonl"
+    if args.n_test_ood:
+        paths["test_ood"] = out / "test_ood.jsonl"
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not args.overwrite:
         print(f"error: {existing[0]} already exists; pass --overwrite to replace it or choose another --out",
               file=sys.stderr)
         return 1
+    options = dict(min_steps=args.min_steps, max_steps=args.max_steps, step_weights=args.step_weights,
+                   ops=tuple(args.ops), money_rate=args.money_rate)
     try:
-        splits = make_splits(
-            args.n_train, args.n_test, seed=args.seed, n_dev=args.n_dev, min_steps=args.min_steps,
-            max_steps=args.max_steps, step_weights=args.step_weights, ops=tuple(args.ops), money_rate=args.money_rate,
-        )
+        splits = dict(zip(("train", "test", "dev"),
+                          make_splits(args.n_train, args.n_test, seed=args.seed, n_dev=args.n_dev, **options),
+                          strict=False))
+        if args.n_test_ood:
+            splits["test_ood"] = make_ood(args.n_test_ood, seed=args.seed, **options)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
-    for split, rows in zip(("train", "test", "dev"), splits, strict=False):
+    for split, rows in splits.items():
         write_jsonl_atomic(paths[split], rows)
         print(f"{paths[split]}: {_summary(rows)}")
     return 0

@@ -22,6 +22,7 @@ from data.synthetic import (
     generate,
     generate_problem,
     main,
+    make_ood,
     make_splits,
     number_key,
     vi_number,
@@ -283,3 +284,53 @@ def test_cli_writes_a_dev_file_only_when_asked(tmp_path):
     assert dev == make_splits(30, 10, seed=3, n_dev=5)[2]
     assert main(["--n_train", "30", "--n_test", "10", "--out", str(tmp_path / "b")]) == 0
     assert not (tmp_path / "b" / "dev.jsonl").exists()
+
+
+def test_number_ranges_left_the_training_draws_unchanged():
+    """The seeds the README's demo numbers were measured with must still give the same problems
+    (digests taken before number ranges became an option)."""
+    import hashlib
+
+    def digest(splits):
+        return hashlib.sha256(json.dumps(splits, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+
+    assert digest(make_splits(300, 100, seed=0, n_dev=30)) == \
+        "80230ca7cfc51759a83f8afcc26ff5bd5abd2651fee5b891426a76f86d9c09e0"
+    assert digest(make_splits(200, 50, seed=3, max_steps=1)) == \
+        "77c00bf40bbaf961448a3ad9063827ceebaeb839d78a7b63777e7b8eb58dba7f"
+
+
+def test_ood_problems_use_numbers_no_training_problem_can_draw():
+    ood = make_ood(300, seed=0, money_rate=0.3)
+    train, test, dev = make_splits(300, 100, seed=0, n_dev=30, money_rate=0.3)
+    assert len(ood) == 300 and make_ood(300, seed=0, money_rate=0.3) == ood  # deterministic
+    # (number_key alone can meet one: "15 x 13" and "15 - 13" share their numbers)
+    assert not {r["explanation"] for r in ood} & {r["explanation"] for rows in (train, test, dev) for r in rows}
+    assert not {r["question"] for r in ood} & {r["question"] for rows in (train, test, dev) for r in rows}
+    for row in ood:
+        scale = 1000 if "đồng" in row["question"] else 1
+        steps = chain(row["explanation"])
+        for i, (left, op, right, result) in enumerate(steps):
+            if op in "+-":  # training adds and subtracts 2-50
+                assert 51 <= right // scale <= 99, row
+            elif op == "x":  # training: the 10 x 10 table first, then factors 2-5
+                assert (11 <= right <= 15 and 11 <= left // scale <= 15) if i == 0 else 6 <= right <= 9, row
+            else:  # training divides by 2-10
+                assert 11 <= right <= 15, row
+            assert 1 <= result // scale <= 5000
+        if steps[0][1] in "+-":
+            assert 51 <= steps[0][0] // scale <= 99, row
+    # every operation and a few step counts show up, as in the other splits
+    assert {op for r in ood for _, op, _, _ in chain(r["explanation"])} == {"+", "-", "x", ":"}
+    assert {r["steps"] for r in ood} == {1, 2, 3}
+
+
+def test_cli_writes_an_ood_file_only_when_asked_and_leaves_the_others_alone(tmp_path):
+    args = ["--n_train", "30", "--n_test", "10", "--seed", "3", "--max_steps", "1"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--n_test_ood", "12"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    read = lambda path: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]  # noqa: E731
+    assert read(tmp_path / "a" / "test_ood.jsonl") == make_ood(12, seed=3, max_steps=1)
+    assert not (tmp_path / "b" / "test_ood.jsonl").exists()
+    for split in ("train", "test"):
+        assert read(tmp_path / "a" / f"{split}.jsonl") == read(tmp_path / "b" / f"{split}.jsonl")

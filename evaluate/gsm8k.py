@@ -8,6 +8,8 @@ test split (or any file with its schema) and adds the run as one row of the comp
     python -m evaluate.gsm8k --model_name_or_path unsloth/Qwen2.5-3B-Instruct --run_name base \
         --limit 100 --seed 0                    # the published 100-problem style sample
     python -m evaluate.gsm8k --model_name_or_path M --num_samples 4 --temperature 0.7   # pass@4, maj@4
+    python -m evaluate.gsm8k --model_name_or_path M --num_samples 8 --also_greedy true \
+        --extra_datasets ood=runs/demo/data/test_ood.jsonl   # greedy, pass@8, maj@8 on two test sets
     python -m evaluate.gsm8k --score-only runs/eval/base/predictions.jsonl   # re-score, no model
 
 Metrics (a problem with k samples counts each sample 1/k):
@@ -16,6 +18,9 @@ Metrics (a problem with k samples counts each sample 1/k):
 - ``accuracy_strict``: right AND given on the requested last ``#### <number>`` line.
 - ``format_rate``: a ``#### <number>`` line is there (right or wrong).
 - ``pass@k`` / ``maj@k`` (k > 1): any sample right / the most frequent answer right.
+- ``greedy_accuracy`` (+ ``_strict``, ``greedy_format_rate``, ``greedy_mean_completion_tokens``):
+  with ``also_greedy``, the same problems answered once more greedily, so one run shows how far
+  sampling (pass@k, maj@k) reaches beyond the greedy answer. Per problem: ``greedy_correct`` etc.
 - ``mean_completion_tokens``: completion length, stop token included.
 - ``vi_word_share`` / ``drift_rate`` / ``cjk_rate``: Vietnamese drift (`rewards.language`, the
   same analysis as the ``vietnamese`` reward): the mean share of a completion's words that are
@@ -27,7 +32,10 @@ Metrics (a problem with k samples counts each sample 1/k):
   letter, which would score "táo" and "tạo" as the same word "t o".
 
 Writes ``predictions.jsonl``, ``metrics.json``, ``config.yaml`` and ``run_info.json`` into
-``output_dir`` (default ``results_dir/run_name``; never overwritten) and updates
+``output_dir`` (default ``results_dir/run_name``; never overwritten), each of ``extra_datasets``
+(``NAME=FILE``: the same model and decoding on another test set, loaded once) into
+``output_dir/NAME/`` (predictions and metrics; not a row of the comparison table, which compares
+runs on one dataset), and updates
 ``results_dir/comparison.md`` + ``comparison.png``, whose paired differences are taken against
 ``--baseline RUN`` (remembered; default: the first run recorded).
 
@@ -104,6 +112,10 @@ class EvalArguments:
             `question=cau_hoi,explanation=loi_giai,answer=dap_an` on the command line.
         bad_rows_out (`str`, *optional*): write the rejected data rows, with their lines and reasons,
             to this JSON Lines file (never over an existing file).
+        also_greedy (`bool`, defaults to `False`): with sampling, also answer every problem greedily
+            (`greedy_*` metrics and per-problem fields); with greedy decoding they equal the main ones.
+        extra_datasets (`list[str]`, *optional*): `NAME=FILE` pairs: evaluate the same model on each
+            FILE too (same decoding, `limit`, `seed`), written to `output_dir/NAME/`.
     """
 
     dataset_name: str = field(default="hllj/vi_gsm8k", metadata={"help": "Hub id or local .json/.jsonl/.parquet file."})
@@ -135,6 +147,12 @@ class EvalArguments:
     bad_rows_out: str | None = field(
         default=None, metadata={"help": "Write the rejected data rows with their reasons to this .jsonl file."}
     )
+    also_greedy: bool = field(
+        default=False, metadata={"help": "With sampling, also answer greedily (greedy_accuracy beside pass@k, maj@k)."}
+    )
+    extra_datasets: list[str] | None = field(
+        default=None, metadata={"help": "NAME=FILE pairs: more test sets for the same model, written to output_dir/NAME/."}
+    )
 
 
 # ------------------------------------------------------------------------------------- scoring
@@ -162,9 +180,11 @@ def language_flags(completion: str, question: str | None = None) -> dict[str, An
     return {"vi_share": None if share is None else round(share, 4), "drift": language.drifts()}
 
 
-def score_problem(row: dict[str, Any], completions: Sequence[str], tokens: Sequence[int] | None = None) -> dict[str, Any]:
+def score_problem(row: dict[str, Any], completions: Sequence[str], tokens: Sequence[int] | None = None,
+                  greedy: tuple[str, int | None] | None = None) -> dict[str, Any]:
     """``row`` plus the scores of its completions (sample 0 at the top level; all of them under
-    ``samples`` with the majority answer when there are several)."""
+    ``samples`` with the majority answer when there are several) and, given ``greedy`` (the
+    greedy completion and its token count), its scores as ``greedy_<field>``."""
     gold = row["answer"]
     scored = [{**score_completion(c, gold), **language_flags(c, row.get("question"))} for c in completions]
     out = dict(row)
@@ -183,6 +203,12 @@ def score_problem(row: dict[str, Any], completions: Sequence[str], tokens: Seque
         out.pop("samples", None)
         out.pop("maj_pred", None)
         out.pop("maj_correct", None)
+    if greedy is not None:
+        text, count = greedy
+        scored_greedy = {"completion": text, **score_completion(text, gold)}
+        if count is not None:
+            scored_greedy["tokens"] = count
+        out.update({f"greedy_{key}": value for key, value in scored_greedy.items()})
     return out
 
 
@@ -211,6 +237,12 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     tokens = [s["tokens"] for r in rows for s in _samples_of(r) if "tokens" in s]
     if tokens:
         metrics["mean_completion_tokens"] = _mean(tokens)
+    if all("greedy_correct" in r for r in rows):
+        for key, name in (("correct", "accuracy"), ("correct_strict", "accuracy_strict"), ("formatted", "format_rate")):
+            metrics[f"greedy_{name}"] = _mean([float(r[f"greedy_{key}"]) for r in rows])
+        greedy_tokens = [r["greedy_tokens"] for r in rows if "greedy_tokens" in r]
+        if greedy_tokens:
+            metrics["greedy_mean_completion_tokens"] = _mean(greedy_tokens)
     metrics.update(drift_metrics([s["completion"] for r in rows for s in _samples_of(r)],
                                  [r.get("question") for r in rows for _ in _samples_of(r)]))
     if all(isinstance(r.get("explanation"), str) for r in rows):
@@ -320,8 +352,11 @@ def score_file(path: str | Path) -> tuple[list[dict[str, Any]], list[tuple[int, 
                     completions = [completion_text(obj["completion"])]
                     tokens = [obj.get("tokens")]
                 obj["answer"] = str(obj["answer"])
+                greedy = None
+                if isinstance(obj.get("greedy_completion"), str):
+                    greedy = (obj["greedy_completion"], obj.get("greedy_tokens"))
                 try:
-                    rows.append(score_problem(obj, completions, tokens if None not in tokens else None))
+                    rows.append(score_problem(obj, completions, tokens if None not in tokens else None, greedy))
                 except ValueError as err:  # the gold answer is not a number: a data problem, not a 0
                     problem = str(err)
             if problem is not None:
@@ -364,6 +399,20 @@ def _relative(path: Path, start: Path) -> str:
         return os.path.relpath(path, start)
     except ValueError:  # another drive on Windows
         return str(path)
+
+
+def parse_extra_datasets(pairs: Sequence[str] | None) -> dict[str, str]:
+    """`["ood=test_ood.jsonl", ...]` -> `{"ood": "test_ood.jsonl"}`; ValueError naming a bad pair."""
+    extra: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, path = pair.partition("=")
+        if not sep or not path or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ValueError(f"extra_datasets takes NAME=FILE pairs with NAME made of letters, digits, _ or -, "
+                             f"got {pair!r}")
+        if name in extra:
+            raise ValueError(f"extra_datasets names {name!r} twice")
+        extra[name] = path
+    return extra
 
 
 def argument_types() -> list[type]:
@@ -412,10 +461,24 @@ def evaluate_model(argv: list[str] | None = None) -> None:
         raise UserError(f"--baseline {eargs.baseline}: no such run in {results_dir / 'results.json'} "
                         f"(recorded: {', '.join(recorded) or 'none yet'}); evaluate it first, or name this run")
 
+    try:
+        extra = parse_extra_datasets(eargs.extra_datasets)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
     system_prompt = SYSTEM_PROMPT if eargs.system_prompt is None else eargs.system_prompt
-    dataset = load_vi_gsm8k(eargs.dataset_name, eargs.dataset_split, eargs.on_bad_rows, eargs.limit, eargs.seed, system_prompt,
-                            columns=eargs.columns, bad_rows_out=eargs.bad_rows_out)
-    print(f"[eval] {len(dataset)} problems from {eargs.dataset_name} ({eargs.dataset_split}), {settings.describe()}")
+
+    def load(name: str) -> Any:
+        return load_vi_gsm8k(name, eargs.dataset_split, eargs.on_bad_rows, eargs.limit, eargs.seed, system_prompt,
+                             columns=eargs.columns, bad_rows_out=eargs.bad_rows_out)
+
+    # Every test set before the model: a missing file fails at once.
+    datasets_by_name = {"": load(eargs.dataset_name), **{name: load(path) for name, path in extra.items()}}
+    sources = {"": eargs.dataset_name, **extra}
+    for name, dataset in datasets_by_name.items():
+        print(f"[eval] {len(dataset)} problems from {sources[name]}"
+              f"{'' if name else f' ({eargs.dataset_split})'}{f' as {name!r}' if name else ''}, {settings.describe()}"
+              + (" and greedy" if eargs.also_greedy and settings.do_sample else ""))
 
     model_path = os.path.expanduser(margs.model_name_or_path)
     adapter = model_path if os.path.isdir(model_path) and adapter_base(model_path) else None
@@ -430,42 +493,73 @@ def evaluate_model(argv: list[str] | None = None) -> None:
 
         FastLanguageModel.for_inference(model)  # eval mode + Unsloth's inference kernels; we never train after
 
-    gens = generate(model, tokenizer, list(dataset["prompt"]), settings, lora_path=adapter, desc="vi_gsm8k")
-    rows = [
-        score_problem({"question": r["question"], "answer": r["answer"], "explanation": r["explanation"]}, texts, tokens)
-        for r, texts, tokens in zip(dataset, gens.texts, gens.tokens, strict=True)
-    ]
-    metrics = aggregate(rows)
+    def answer(dataset, desc: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One test set's scored rows and its throughput."""
+        prompts = list(dataset["prompt"])
+        gens = generate(model, tokenizer, prompts, settings, lora_path=adapter, desc=desc)
+        greedy = None
+        if eargs.also_greedy:
+            greedy = gens if not settings.do_sample else generate(
+                model, tokenizer, prompts, DecodingSettings(max_new_tokens=settings.max_new_tokens,
+                                                            batch_size=settings.batch_size),
+                lora_path=adapter, desc=f"{desc} (greedy)")
+        rows = [
+            score_problem({"question": r["question"], "answer": r["answer"], "explanation": r["explanation"]},
+                          texts, tokens, None if greedy is None else (greedy.texts[i][0], greedy.tokens[i][0]))
+            for i, (r, texts, tokens) in enumerate(zip(dataset, gens.texts, gens.tokens, strict=True))
+        ]
+        n = len(rows)
+        throughput = {
+            "problems_per_s": n / gens.elapsed if gens.elapsed > 0 else None,
+            "tokens_per_s": gens.total_tokens / gens.elapsed if gens.elapsed > 0 else None,
+            "generation_s": gens.elapsed,
+        }
+        if greedy is not None and greedy is not gens:
+            throughput["greedy_generation_s"] = greedy.elapsed
+        return rows, throughput
+
+    def settings_record(dataset_name: str, n: int, generation: str) -> dict[str, Any]:
+        return {
+            "model": margs.model_name_or_path,
+            "backend": margs.backend,
+            "generation": generation,
+            "load_in_4bit": bool(margs.load_in_4bit),
+            "dataset": dataset_name,
+            "split": eargs.dataset_split,
+            "n": n,
+            "limit": eargs.limit,
+            "seed": eargs.seed,
+            "decoding": settings.describe(),
+            "also_greedy": eargs.also_greedy,
+            "max_new_tokens": settings.max_new_tokens,
+            "num_samples": settings.num_samples,
+            "temperature": settings.temperature if settings.do_sample else None,
+            "top_p": settings.top_p if settings.do_sample else None,
+            "batch_size": settings.batch_size,
+            "system_prompt": system_prompt,
+        }
+
+    generation = "vllm" if getattr(model, "vllm_engine", None) is not None else "hf"
+    results = {}
+    for name, dataset in datasets_by_name.items():
+        rows, throughput = answer(dataset, f"vi_gsm8k {name}".strip())
+        results[name] = (rows, aggregate(rows), throughput)
+    rows, metrics, throughput = results[""]
+    throughput["elapsed_s"] = time.perf_counter() - started  # model and data loading included
     n = len(rows)
-    throughput = {
-        "problems_per_s": n / gens.elapsed if gens.elapsed > 0 else None,
-        "tokens_per_s": gens.total_tokens / gens.elapsed if gens.elapsed > 0 else None,
-        "generation_s": gens.elapsed,
-        "elapsed_s": time.perf_counter() - started,  # model and data loading included
-    }
-    settings_record = {
-        "model": margs.model_name_or_path,
-        "backend": margs.backend,
-        "generation": gens.backend,
-        "load_in_4bit": bool(margs.load_in_4bit),
-        "dataset": eargs.dataset_name,
-        "split": eargs.dataset_split,
-        "n": n,
-        "limit": eargs.limit,
-        "seed": eargs.seed,
-        "decoding": settings.describe(),
-        "max_new_tokens": settings.max_new_tokens,
-        "num_samples": settings.num_samples,
-        "temperature": settings.temperature if settings.do_sample else None,
-        "top_p": settings.top_p if settings.do_sample else None,
-        "batch_size": settings.batch_size,
-        "system_prompt": system_prompt,
-    }
 
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "predictions.jsonl", rows)
-    write_json(out / "metrics.json", {"run_name": run_name, **metrics, **throughput, "settings": settings_record})
+    write_json(out / "metrics.json", {"run_name": run_name, **metrics, **throughput,
+                                      "settings": settings_record(eargs.dataset_name, n, generation)})
     write_run_info(str(out), margs, eargs)
+    for name in extra:
+        extra_rows, extra_metrics, extra_throughput = results[name]
+        (out / name).mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(out / name / "predictions.jsonl", extra_rows)
+        write_json(out / name / "metrics.json", {"run_name": f"{run_name} on {name}", **extra_metrics,
+                                                 **extra_throughput,
+                                                 "settings": settings_record(extra[name], len(extra_rows), generation)})
     dataset_name = eargs.dataset_name if is_local(eargs.dataset_name) else f"{eargs.dataset_name} ({eargs.dataset_split})"
     row = {**metrics, "problems_per_s": throughput["problems_per_s"], "decoding": settings.describe(),
            "dataset": dataset_name, "limit": eargs.limit, "seed": eargs.seed,
@@ -474,9 +568,14 @@ def evaluate_model(argv: list[str] | None = None) -> None:
 
     headline = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"[eval] {run_name}: n={n}, {headline}")
+    for name in extra:
+        extra_metrics = results[name][1]
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in extra_metrics.items() if isinstance(v, float))
+        print(f"[eval] {run_name} on {name}: n={extra_metrics['n']}, {shown} -> {out / name}")
     print(f"[eval] Vietnamese: {metrics['vi_word_share']:.1%} of the words; {metrics['drift_rate']:.1%} of the "
           f"completions drift to another language ({metrics['cjk_rate']:.1%} with CJK characters)")
-    print(f"[eval] {n / gens.elapsed:.2f} problems/s, {throughput['tokens_per_s']:.1f} tokens/s ({gens.backend})")
+    print(f"[eval] {throughput['problems_per_s']:.2f} problems/s, {throughput['tokens_per_s']:.1f} tokens/s "
+          f"({generation})")
     print(f"[eval] wrote {out}/predictions.jsonl, metrics.json; comparison: {table}")
 
 
@@ -622,26 +721,59 @@ def _record(path: Path, state, metrics: dict[str, Any], seconds: float, prefix: 
 TARGET_METRICS = ("format_rate", "accuracy", "accuracy_strict")
 
 
+class Plateau:
+    """Whether a metric checked at intervals has stopped rising.
+
+    `update(value, step)` returns True once `patience` checks in a row have not beaten the best
+    value so far by more than `min_delta`; `best` and `best_step` say where the best was. A dev
+    score moves by 1/n per problem, so on n dev problems a `min_delta` below 1/n only counts
+    strict rises, and a `patience` of 1 would stop at the first noisy dip.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        if patience < 1 or min_delta < 0:
+            raise ValueError(f"a plateau needs patience >= 1 and min_delta >= 0, got {patience} and {min_delta}")
+        self.patience, self.min_delta = patience, min_delta
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.since_best = 0
+
+    def update(self, value: float, step: int) -> bool:
+        if self.best is None or value > self.best + self.min_delta:
+            self.best, self.best_step, self.since_best = value, step, 0
+            return False
+        self.since_best += 1
+        return self.since_best >= self.patience
+
+
 def make_target_stop_callback(
     dataset,
     tokenizer,
     output_dir: str | Path,
     metric: str,
-    target: float,
+    target: float | None = None,
     every: int = 2,
     limit: int | None = 32,
     max_new_tokens: int = 64,
     batch_size: int = 16,
+    patience: int = 0,
+    min_delta: float = 0.0,
 ):
-    """A `transformers.TrainerCallback` that stops training once a held-out metric reaches a target.
+    """A `transformers.TrainerCallback` that stops training once a held-out metric reaches a target,
+    or once it stops rising.
 
     Every ``every`` optimizer steps it answers the first ``limit`` rows of ``dataset`` greedily
     (the same scoring as `make_training_eval_callback`), appends the result to
-    ``output_dir/train_eval.jsonl`` and, when ``metric`` (one of `TARGET_METRICS`) is at least
-    ``target``, ends training at that step (the trainer then saves as at a normal end). What it
-    is for: an SFT priming whose job is the answer format stops as soon as the format is there,
-    instead of after a step count that over-trains on one CPU and under-trains on another
-    (bf16 rounding slows SFT down). Without reaching the target, training runs to ``max_steps``.
+    ``output_dir/train_eval.jsonl`` and ends training at that step (the trainer then saves as at
+    a normal end) when ``metric`` (one of `TARGET_METRICS`) is at least ``target``, or - with
+    ``patience`` > 0 - when ``patience`` checks in a row did not beat the best value so far by more
+    than ``min_delta`` (`Plateau`). Give a target, a patience or both. The model kept is the one at
+    the stopping step, up to ``patience * every`` steps after the best check.
+
+    What they are for: an SFT priming whose job is the answer format stops as soon as the format is
+    there, and an SFT baseline stops when more steps stop helping - instead of after a step count
+    that over-trains on one CPU and under-trains on another (bf16 rounding slows SFT down). Without
+    either happening, training runs to ``max_steps``.
 
     ``dataset`` must be held out from training and from the final test (a dev split), or the
     stopping point is tuned on the problems it is judged on. Every rank runs the check on the same
@@ -652,18 +784,23 @@ def make_target_stop_callback(
 
     if metric not in TARGET_METRICS:
         raise ValueError(f"target metric must be one of {', '.join(TARGET_METRICS)}, got {metric!r}")
-    if not 0.0 < target <= 1.0:
+    if target is None and patience <= 0:
+        raise ValueError("give a target value, a plateau patience, or both")
+    if target is not None and not 0.0 < target <= 1.0:
         raise ValueError(f"the target {metric} must lie in (0, 1], got {target}")
     if every < 1:
         raise ValueError(f"the target check runs every N >= 1 steps, got {every}")
+    plateau = Plateau(patience, min_delta) if patience > 0 else None
     prompts, golds, questions, settings, path = _check_problems(
         dataset, "the target dataset", output_dir, limit, max_new_tokens, batch_size)
 
     class TargetStopCallback(TrainerCallback):
-        """Stop training when the held-out `metric` reaches `target` (checked every `every` steps)."""
+        """Stop training when the held-out `metric` reaches `target` or stops rising (checked every `every` steps)."""
 
         def __init__(self):
             self.reached_at: int | None = None
+            self.plateau_at: int | None = None
+            self.plateau = plateau
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if model is None or state.global_step % every:
@@ -671,13 +808,24 @@ def make_target_stop_callback(
             metrics, seconds = _score_now(model, tokenizer, prompts, golds, questions, settings)
             logs = _record(path, state, metrics, seconds, "target_")
             value = metrics[metric]
-            reached = value >= target
-            print(f"[target] step {state.global_step}: {metric} {value:.3f} (target {target:g}); format "
-                  f"{metrics['format_rate']:.3f}, accuracy {metrics['accuracy']:.3f} on {metrics['n']} dev problems "
-                  f"({seconds:.1f}s)" + ("; reached, training stops here" if reached else ""), flush=True)
+            reached = target is not None and value >= target
+            flat = plateau is not None and plateau.update(value, state.global_step)
+            goal = f"target {target:g}" if target is not None else "until it stops rising"
+            line = (f"[target] step {state.global_step}: {metric} {value:.3f} ({goal}); format "
+                    f"{metrics['format_rate']:.3f}, accuracy {metrics['accuracy']:.3f} on {metrics['n']} dev problems "
+                    f"({seconds:.1f}s)")
+            if reached:
+                line += "; reached, training stops here"
+            elif flat:
+                line += (f"; no rise above {plateau.best:.3f} (step {plateau.best_step}) for {plateau.patience} "
+                         "checks, training stops here")
+            print(line, flush=True)
             state.log_history.append({**logs, "step": state.global_step})
             if reached:
                 self.reached_at = state.global_step
+                control.should_training_stop = True
+            elif flat:
+                self.plateau_at = state.global_step
                 control.should_training_stop = True
 
     return TargetStopCallback()

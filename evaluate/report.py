@@ -47,8 +47,9 @@ HEADLINE = {
 }
 # Per task, the column order of the table (glob patterns; unlisted metrics follow in first-seen order).
 COLUMNS = {
-    "gsm8k": ["n", "accuracy", "accuracy_strict", "pass@*", "maj@*", "format_rate", "rouge1", "rouge2", "rougeL",
-              "sacrebleu", "vi_word_share", "drift_rate", "mean_completion_tokens", "problems_per_s", "decoding"],
+    "gsm8k": ["n", "greedy_accuracy", "accuracy", "accuracy_strict", "pass@*", "maj@*", "format_rate", "rouge1",
+              "rouge2", "rougeL", "sacrebleu", "vi_word_share", "drift_rate", "mean_completion_tokens", "problems_per_s",
+              "decoding"],
 }
 # Text-valued entries shown as columns (other strings, such as file paths, stay out of the table).
 TEXT_COLUMNS = {"decoding", "dataset"}

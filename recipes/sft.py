@@ -61,6 +61,11 @@ class SFTScriptArguments:
         target_limit (`int`, defaults to `32`): how many of them (the first ones).
         target_every (`int`, defaults to `2`): steps between checks.
         target_max_new_tokens (`int`, defaults to `64`): generation budget of a check.
+        target_patience (`int`, defaults to `0`): stop once `target_metric` on `target_dataset_name`
+            has not beaten its best by more than `target_min_delta` for this many checks in a row:
+            SFT trained until the dev score stops rising (`max_steps` is then a cap). 0: off. With
+            `target_value` too, whichever comes first.
+        target_min_delta (`float`, defaults to `0.0`): the rise that counts for `target_patience`.
     """
 
     dataset_name: str = field(default=DEFAULT_SOURCE, metadata={"help": "Hub id or local data file."})
@@ -85,6 +90,10 @@ class SFTScriptArguments:
     target_limit: int = field(default=32, metadata={"help": "Dev problems per target check."})
     target_every: int = field(default=2, metadata={"help": "Steps between target checks."})
     target_max_new_tokens: int = field(default=64, metadata={"help": "Generation budget of a target check."})
+    target_patience: int = field(
+        default=0, metadata={"help": "Stop when target_metric has not risen for this many checks in a row (0: off)."}
+    )
+    target_min_delta: float = field(default=0.0, metadata={"help": "The rise that counts for target_patience."})
 
 
 def completion_token_share(dataset, rows: int = 200) -> float:
@@ -105,14 +114,20 @@ def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args, run_args = parse_args(ARGUMENT_TYPES, argv)
     if script_args.target_value == 0:
         script_args.target_value = None  # 0: no target (a command line cannot pass None)
-    if script_args.target_value is not None:
+    checks = script_args.target_value is not None or script_args.target_patience > 0
+    if script_args.target_patience < 0 or script_args.target_min_delta < 0:
+        raise UserError("target_patience and target_min_delta must be at least 0")
+    if checks:
         if not script_args.target_dataset_name:
-            raise UserError("target_value needs target_dataset_name: the dev problems the target is checked on")
+            rule = "target_value" if script_args.target_value is not None else "target_patience"
+            raise UserError(f"{rule} needs target_dataset_name: the dev problems the checks answer")
         if script_args.target_metric not in TARGET_METRICS:
             raise UserError(f"target_metric must be one of {', '.join(TARGET_METRICS)}, "
                             f"got {script_args.target_metric!r}")
-        if not 0.0 < script_args.target_value <= 1.0 or script_args.target_every < 1:
-            raise UserError("target_value must lie in (0, 1] and target_every be at least 1")
+        if script_args.target_value is not None and not 0.0 < script_args.target_value <= 1.0:
+            raise UserError("target_value must lie in (0, 1]")
+        if script_args.target_every < 1:
+            raise UserError("target_every must be at least 1")
     checkpoint = prepare_output_dir(training_args.output_dir, run_args.resume)
     set_seed(training_args.seed)
 
@@ -145,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard()],
     )
     target = None
-    if script_args.target_value is not None:
+    if checks:
         # Stop by a target, not a step count: the step where the format is learned moves with the
         # precision (bf16 rounding slows SFT down) and the data, and every step after it makes the
         # policy more certain - less for GRPO to compare afterwards.
@@ -154,11 +169,16 @@ def main(argv: list[str] | None = None) -> None:
         target = make_target_stop_callback(
             dev, tokenizer, training_args.output_dir, metric=script_args.target_metric,
             target=script_args.target_value, every=script_args.target_every, limit=script_args.target_limit,
-            max_new_tokens=script_args.target_max_new_tokens)
+            max_new_tokens=script_args.target_max_new_tokens, patience=script_args.target_patience,
+            min_delta=script_args.target_min_delta)
         trainer.add_callback(target)
-        print(f"[target] stop once {script_args.target_metric} >= {script_args.target_value:g} on "
-              f"{min(script_args.target_limit, len(dev))} problems of {script_args.target_dataset_name} "
-              f"(checked every {script_args.target_every} steps, at most {training_args.max_steps} steps)")
+        rules = ([f"{script_args.target_metric} >= {script_args.target_value:g}"]
+                 if script_args.target_value is not None else [])
+        if script_args.target_patience:
+            rules.append(f"{script_args.target_metric} has not risen for {script_args.target_patience} checks")
+        print(f"[target] stop once {' or '.join(rules)} on {min(script_args.target_limit, len(dev))} problems of "
+              f"{script_args.target_dataset_name} (checked every {script_args.target_every} steps, at most "
+              f"{training_args.max_steps} steps)")
     # The baseline is only the published one if the prompt tokens carry no loss.
     share = completion_token_share(trainer.train_dataset)
     print(f"[data] loss on {share:.0%} of tokens (the answers; prompt tokens are masked)")
@@ -169,10 +189,14 @@ def main(argv: list[str] | None = None) -> None:
                    extra={"recipe": "sft", "train_rows": len(train_dataset), "loss_token_share": share})
     trainer.train(resume_from_checkpoint=checkpoint)
     if target is not None:
-        print(f"[target] {script_args.target_metric} >= {script_args.target_value:g} reached at step "
-              f"{target.reached_at}" if target.reached_at is not None else
-              f"[target] {script_args.target_metric} stayed below {script_args.target_value:g}: "
-              f"trained all {trainer.state.global_step} steps")
+        if target.reached_at is not None:
+            print(f"[target] {script_args.target_metric} >= {script_args.target_value:g} reached at step "
+                  f"{target.reached_at}")
+        elif target.plateau_at is not None:
+            print(f"[target] {script_args.target_metric} stopped rising: best {target.plateau.best:.3f} at step "
+                  f"{target.plateau.best_step}, stopped at step {target.plateau_at}")
+        else:
+            print(f"[target] neither stop happened: trained all {trainer.state.global_step} steps")
     save_final(trainer, tokenizer, training_args.output_dir, model_args, run_args.save_merged)
 
 

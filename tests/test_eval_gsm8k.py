@@ -113,6 +113,49 @@ def test_pass_and_maj_at_2():
     assert m["maj@2"] == pytest.approx(2 / 4)
     assert m["mean_completion_tokens"] == pytest.approx(27 / 8)
     assert "rouge1" not in m  # no reference explanations given
+    assert "greedy_accuracy" not in m  # no greedy answers given
+
+
+def test_greedy_beside_the_samples_is_scored_and_survives_rescoring(tmp_path):
+    """also_greedy: the greedy answer is scored with the same checker, per problem and in the metrics,
+    next to pass@k and maj@k - the sharpening a reader looks for."""
+    rows = [
+        score_problem({"answer": "5"}, ["#### 5", "#### 6"], [3, 4], greedy=("#### 6", 3)),  # greedy wrong, pass@2
+        score_problem({"answer": "8"}, ["#### 7", "#### 7"], [3, 3], greedy=("8 rồi\n#### 8", 6)),  # greedy right only
+        score_problem({"answer": "2"}, ["#### 2", "#### 2"], [3, 3], greedy=("Đáp số: 2", 4)),  # right, not strict
+    ]
+    assert [r["greedy_correct"] for r in rows] == [False, True, True]
+    assert [r["greedy_pred"] for r in rows] == ["6", "8", "2"] and rows[1]["greedy_completion"] == "8 rồi\n#### 8"
+    m = aggregate(rows)
+    assert m["greedy_accuracy"] == pytest.approx(2 / 3) and m["greedy_accuracy_strict"] == pytest.approx(1 / 3)
+    assert m["greedy_format_rate"] == pytest.approx(2 / 3) and m["greedy_mean_completion_tokens"] == pytest.approx(13 / 3)
+    assert m["pass@2"] == pytest.approx(2 / 3) and m["maj@2"] == pytest.approx(2 / 3)  # a 5/6 tie: the first
+    assert m["accuracy"] == pytest.approx((0.5 + 0 + 1) / 3)  # the samples' own accuracy is unchanged
+    # --score-only re-reads the greedy completion and scores it again
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({**r, "greedy_correct": None}, ensure_ascii=False) for r in rows) + "\n",
+                    encoding="utf-8")
+    rescored = aggregate(score_file(path)[0])
+    assert rescored["greedy_accuracy"] == m["greedy_accuracy"] and rescored["maj@2"] == m["maj@2"]
+
+
+@pytest.mark.parametrize("pairs, expected", [
+    (None, {}),
+    (["ood=data/x.jsonl"], {"ood": "data/x.jsonl"}),
+    (["a=1.jsonl", "b-2=dir/2.jsonl"], {"a": "1.jsonl", "b-2": "dir/2.jsonl"}),
+    (["data/x.jsonl"], "NAME=FILE"),  # no name
+    (["../up=x.jsonl"], "NAME=FILE"),  # a name must not leave the run directory
+    (["ood="], "NAME=FILE"),
+    (["a=x.jsonl", "a=y.jsonl"], "twice"),
+])
+def test_parse_extra_datasets(pairs, expected):
+    from evaluate.gsm8k import parse_extra_datasets
+
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected):
+            parse_extra_datasets(pairs)
+    else:
+        assert parse_extra_datasets(pairs) == expected
 
 
 @pytest.mark.parametrize(
@@ -229,16 +272,29 @@ def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lor
 
     assert [p["question"] for p in preds] == load_vi_gsm8k(FIXTURE, limit=6, seed=1)["question"]
 
-    # 2. A LoRA adapter directory, plain HF backend, two samples per problem.
+    # 2. A LoRA adapter directory, plain HF backend, two samples per problem and a greedy answer,
+    # on the test set and on a second one (loaded once).
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(open(FIXTURE, encoding="utf-8").readlines()[-3:]), encoding="utf-8")
     run_entry(["python", "-m", "evaluate.gsm8k", "--model_name_or_path", str(lora_adapter), "--backend", "hf",
                *common.split(), "--run_name", "lora", "--num_samples", "2", "--temperature", "1.0",
-               "--baseline", "lora"], env=ENV)
+               "--baseline", "lora", "--also_greedy", "true", "--extra_datasets", f"other={other}"], env=ENV)
     lora = _read_jsonl(res / "lora" / "predictions.jsonl")
     assert [p["question"] for p in lora] == [p["question"] for p in preds]
     assert all(len(p["samples"]) == 2 and "maj_pred" in p for p in lora)
     lora_metrics = json.loads((res / "lora" / "metrics.json").read_text(encoding="utf-8"))
     assert lora_metrics["settings"]["decoding"] == "sampled T=1 top_p=0.95 k=2"
     assert lora_metrics["pass@2"] >= lora_metrics["accuracy"] and "maj@2" in lora_metrics
+    assert lora_metrics["greedy_accuracy"] == pytest.approx(sum(p["greedy_correct"] for p in lora) / 6)
+    assert all(p["greedy_correct"] == score_completion(p["greedy_completion"], p["answer"])["correct"] for p in lora)
+    on_other = _read_jsonl(res / "lora" / "other" / "predictions.jsonl")
+    assert [p["question"] for p in on_other] == [json.loads(line)["question"] for line in other.read_text().splitlines()]
+    other_metrics = json.loads((res / "lora" / "other" / "metrics.json").read_text(encoding="utf-8"))
+    assert other_metrics["n"] == 3 and "greedy_accuracy" in other_metrics and "pass@2" in other_metrics
+    assert other_metrics["settings"]["dataset"] == str(other)
+    # A question both sets hold gets the same greedy answer from both (greedy is deterministic).
+    shared = {p["question"]: p["greedy_completion"] for p in lora}
+    assert all(shared[p["question"]] == p["greedy_completion"] for p in on_other if p["question"] in shared)
     # The adapter was applied: its completions are not the base model's.
     assert [p["completion"] for p in lora] != [p["completion"] for p in preds]
 
@@ -371,7 +427,56 @@ def test_target_stop_callback_checks_every_n_steps_and_stops_when_reached(tiny_m
     assert [(r["step"], r["target_format_rate"]) for r in rows] == [(2, 0.25), (4, 0.75), (6, 0.95)]
 
 
+def test_target_stop_callback_stops_when_the_dev_score_stops_rising(tiny_models, tmp_path, monkeypatch):
+    """The SFT baseline's plateau stop: no target value, patience 2: the run ends at the second check
+    in a row that does not beat the best (ties do not count as a rise)."""
+    import datasets
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    import evaluate.gsm8k as gsm8k
+    from data.vi_gsm8k import load_vi_gsm8k
+
+    scripted = iter([0.25, 0.5, 0.5, 0.75, 0.5, 0.75, 1.0])
+    monkeypatch.setattr(gsm8k, "_score_now", lambda *a, **k: ({"n": 4, "accuracy": next(scripted),
+                                                              "accuracy_strict": 0.1, "format_rate": 1.0,
+                                                              "mean_completion_tokens": 9.0}, 0.5))
+    model, tokenizer = _load(tiny_models / "qwen2")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    ids = tokenizer(["Lan có 12 quả táo. #### 12"] * 4)["input_ids"]
+    train = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    dev = load_vi_gsm8k(FIXTURE, split="test", limit=4, seed=0)
+    out = tmp_path / "run"
+    args = TrainingArguments(output_dir=str(out), max_steps=20, save_strategy="no", logging_steps=1,
+                             per_device_train_batch_size=2, report_to=[], use_cpu=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train)
+    stop = gsm8k.make_target_stop_callback(dev, tokenizer, out, metric="accuracy", every=1, limit=4, patience=2)
+    trainer.add_callback(stop)
+    trainer.train()
+
+    # 0.25, 0.5 (best), 0.5 (tie: 1), 0.75 (best), 0.5 (1), 0.75 (tie: 2) -> stop at step 6
+    assert trainer.state.global_step == 6 and stop.plateau_at == 6 and stop.reached_at is None
+    assert (stop.plateau.best, stop.plateau.best_step) == (0.75, 4)
+    assert [r["target_accuracy"] for r in _read_jsonl(out / gsm8k.TRAIN_EVAL_FILE)] == [0.25, 0.5, 0.5, 0.75, 0.5, 0.75]
+
+
+@pytest.mark.parametrize("values, patience, min_delta, stops_at", [
+    ([0.1, 0.2, 0.3, 0.4], 1, 0.0, None),  # always rising
+    ([0.5, 0.5], 1, 0.0, 1),  # a tie is no rise
+    ([0.5, 0.4, 0.6, 0.6, 0.6], 2, 0.0, 4),  # the count restarts at a new best
+    ([0.50, 0.52, 0.52, 0.54], 2, 0.025, 2),  # 0.52 is no rise of more than min_delta over 0.50...
+    ([0.50, 0.52, 0.56, 0.56, 0.57], 2, 0.025, 4),  # ...0.56 is; then 0.56 and 0.57 are not (best 0.56)
+])
+def test_plateau(values, patience, min_delta, stops_at):
+    from evaluate.gsm8k import Plateau
+
+    plateau = Plateau(patience, min_delta)
+    flags = [plateau.update(v, step) for step, v in enumerate(values)]
+    assert (flags.index(True) if True in flags else None) == stops_at
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    ({"metric": "accuracy"}, "a target value, a plateau patience, or both"),
     ({"metric": "loss", "target": 0.9}, "target metric must be one of"),
     ({"metric": "format_rate", "target": 0.0}, "must lie in (0, 1]"),
     ({"metric": "accuracy", "target": 0.5, "every": 0}, "every N >= 1 steps"),

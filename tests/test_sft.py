@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import ROOT, run_entry
 
 THREADS = {"OMP_NUM_THREADS": "1"}
@@ -80,8 +82,9 @@ def test_sft_configs_parse_and_hold_the_published_settings():
     assert script.dataset_name.endswith("vi_gsm8k_sample.jsonl") and model.model_name_or_path == "runs/tiny/qwen2"
 
 
-def test_a_target_without_dev_problems_is_one_line(tmp_path):
-    proc = make_sft(["--output_dir", str(tmp_path / "sft"), "--backend", "hf", "--target_value", "0.9"], check=False)
+@pytest.mark.parametrize("flag, value", [("target_value", "0.9"), ("target_patience", "3")])
+def test_a_target_without_dev_problems_is_one_line(tmp_path, flag, value):
+    proc = make_sft(["--output_dir", str(tmp_path / "sft"), "--backend", "hf", f"--{flag}", value], check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and len(errors) == 1 and "target_value needs target_dataset_name" in errors[0]
+    assert proc.returncode == 2 and len(errors) == 1 and f"{flag} needs target_dataset_name" in errors[0]
     assert "Traceback" not in proc.stderr

@@ -38,7 +38,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 # one expands it, and its last stdout line is the model directory.
 EMBEDDED = $(shell $(PY) -m core.embedded | tail -1)
 
-.PHONY: help install test test-slow test-demo test-serve test-ci lint tiny-models data data-report sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench gpu-check chat export serve
+.PHONY: help install test test-slow test-demo test-serve test-ci lint tiny-models data data-report pass-rate sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench gpu-check chat export serve
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -99,6 +99,12 @@ report_model = $(if $(filter embedded,$(MODEL)),$(or $(EMBEDDED),$(error core.em
 
 data-report: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## lengths, bad rows, duplicates, contamination -> runs/data-report/report.md: SOURCE=file|hub-id [TEST=file MODEL=embedded|dir|hub-id KIND=math|preference|feedback COLUMNS=question=cau_hoi,... OUT=dir]
 	$(PY) -m data.report --source '$(SOURCE)' --kind $(KIND) --out '$(or $(OUT),runs/data-report)' $(if $(TEST),--test '$(TEST)') $(if $(COLUMNS),--columns '$(COLUMNS)') $(if $(MODEL),--model_name_or_path '$(report_model)') $(ARGS)
+
+# Pass-rate filtering (data/pass_rate.py): K samples per training problem from the policy GRPO will
+# start from; keeps the problems it solves only sometimes (GRPO learns nothing from the others).
+# Train GRPO on OUT/kept.jsonl. MODEL=embedded samples the embedded SmolLM2; OUT is never overwritten.
+pass-rate: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## keep the problems a policy solves only sometimes -> OUT/kept.jsonl, report.json: MODEL=dir|adapter|hub-id|embedded SOURCE=file|hub-id [OUT=runs/pass-rate ARGS="--k 8 --temperature 1.0 --keep greedy_wrong"]
+	$(PY) -m data.pass_rate $(if $(MODEL),--model_name_or_path '$(report_model)') --dataset_name '$(SOURCE)' --output_dir '$(or $(OUT),runs/pass-rate)' $(ARGS)
 
 sft: $(STAMP) $(call tiny_dep,$(CONFIG)) ## SFT + chain-of-thought baseline: CONFIG=configs/sft/{qwen2.5-3b,tiny}.yaml [ARGS="--resume"]
 	$(LAUNCH) recipes.sft --config $(or $(CONFIG),configs/sft/qwen2.5-3b.yaml) $(ARGS)

@@ -106,7 +106,7 @@ def git_revision() -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries that decide a run's numbers, plus the device."""
+    """Versions of the libraries that decide a run's numbers, plus the device and torch's CPU kernels."""
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
@@ -119,6 +119,9 @@ def library_versions() -> dict[str, str]:
     import torch
 
     versions["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    # The instruction set torch's CPU kernels run (AVX2, AVX512, ...): it follows ATEN_CPU_CAPABILITY,
+    # so a run under the AVX2 caps records AVX2 even on a newer CPU (core/precision.py torch_isa_caps).
+    versions["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return versions
 
 

@@ -68,7 +68,7 @@ test-slow: $(STAMP) $(TINY)/.complete ## the slow tests: every demo and GPU conf
 
 test-ci: test test-slow ## what CI runs (.ci/run): the default suite, then the slow tests
 
-test-demo: $(STAMP) ## the full-length `make demo` as a test (GRPO must beat its SFT priming)
+test-demo: $(STAMP) ## the full-length `make demo` as a test (report and summary agree; GRPO >= best SFT + 5 points, an expected failure until calibrated)
 	$(PY) -m core.embedded
 	$(PY) -m pytest -q -m demo
 
@@ -152,10 +152,10 @@ plot: $(STAMP) ## plot and compare runs from their metrics.jsonl, live ones too:
 
 # The offline demo: every stage is one of the targets above, run by recipes/demo.py with the
 # configs/{eval,sft,grpo}/demo.yaml settings on the embedded model and synthetic problems.
-demo: $(STAMP) ## the GRPO story on a CPU, offline (53 min of stages on a 2-core EPYC with bf16, cores shared; README): base -> SFT priming -> GRPO, evaluated -> runs/demo/report.md [ARGS="--resume"]
+demo: $(STAMP) ## GRPO against the best SFT the same FLOPs buy, on a CPU, offline (not yet calibrated; README): SFT to its plateau -> pass-rate filter -> GRPO vs SFT continued -> runs/demo/report.md, summary.json [ARGS="--resume"]
 	$(PY) -m recipes.demo $(ARGS)
 
-demo-quick: $(STAMP) $(TINY)/.complete ## the demo's plumbing on the tiny random model (~1 min) -> runs/demo-quick/report.md
+demo-quick: $(STAMP) $(TINY)/.complete ## the demo's plumbing on the tiny random model (~2 min) -> runs/demo-quick/report.md, summary.json
 	$(PY) -m recipes.demo --quick --model_name_or_path $(TINY)/qwen2 --output_dir runs/demo-quick $(ARGS)
 
 # Use a trained model (README, "Use the trained model"). MODEL: a hub id, a model directory, a LoRA

@@ -52,7 +52,10 @@ first; `VIRL_BF16=0 make demo` runs the float32 arm on any CPU. Threads: `--thre
 Each finished stage is recorded in ``demo_state.json``; a demo directory that already holds a
 run is never overwritten: ``--resume`` skips the finished stages (an unfinished training stage
 continues from its last checkpoint; an unfinished evaluation is redone), ``--output_dir`` starts
-a new one. Each stage's output is shown live and kept in ``logs/<stage>.log``.
+a new one. ``--reuse DIR`` starts a new one from another demo's first stages, copied, as far as
+their commands are the ones this demo would run (calibrating GRPO from one SFT model and one
+filter: ``--reuse runs/demo --output_dir runs/demo-lr5e-6 --grpo_args "--learning_rate 5e-6"``).
+Each stage's output is shown live and kept in ``logs/<stage>.log``.
 
 This orchestrator imports neither torch nor Unsloth (the stages do, in their own processes), so
 it starts at once.
@@ -342,6 +345,45 @@ def sft_more_budget(out: Path, model: str) -> dict[str, Any]:
     per_step = tokens / steps
     return {"n_params": n_params, "grpo_flops": grpo["flops"], "sft_tokens_per_step": round(per_step, 1),
             "steps": sft_steps_for(grpo["flops"], n_params, per_step)}
+
+
+def shown_command(cmd: list[str]) -> str:
+    """A stage's command as the state and the report show it (`python -m ...`)."""
+    return " ".join(shlex.quote(c) for c in ["python"] + cmd[1:])
+
+
+def reusable(old_state: dict[str, Any], old_out: Path, out: Path,
+             stages: list[tuple[str, list[str], Path | None]]) -> list[str]:
+    """The leading stages of `stages` that another demo (`old_out`, its state) finished with the same
+    command, its directory read as this one's: they would compute the same files. The first stage
+    that differs, or that it did not finish, ends the list (every later stage depends on it)."""
+    names = []
+    for name, cmd, _ in stages:
+        done = old_state.get("stages", {}).get(name)
+        if done is None or done["command"].replace(f"{old_out}/", f"{out}/") != shown_command(cmd):
+            break
+        names.append(name)
+    return names
+
+
+def copy_stages(old_out: Path, named: Path, out: Path, names: list[str],
+                stages: list[tuple[str, list[str], Path | None]], old_state: dict[str, Any],
+                state: dict[str, Any]) -> None:
+    """Copy the outputs, logs and state records of the `names` stages from `old_out` (named `named`
+    in its commands) into `out`."""
+    paths = {name: path for name, _, path in stages}
+    for name in names:
+        target = paths[name]
+        if target is not None:
+            source = old_out / target.relative_to(out)
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        log = old_out / "logs" / f"{name}.log"
+        if log.is_file():
+            (out / "logs").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(log, out / "logs" / log.name)
+        record = dict(old_state["stages"][name])
+        record["command"] = record["command"].replace(f"{named}/", f"{out}/")
+        state["stages"][name] = {**record, "reused_from": str(old_out)}
 
 
 def resume_args(name: str, path: Path) -> list[str]:
@@ -735,8 +777,9 @@ def write_report(out: Path, state: dict[str, Any]) -> tuple[str, list[str], Path
     for name, info in state.get("stages", {}).items():
         load = "/".join(f"{x:.1f}" for x in info["load"]) if info.get("load") else ""
         cpu = fmt_duration(info["cpu_seconds"]) if "cpu_seconds" in info else ""
+        copied = f"copied from {info['reused_from']}: " if info.get("reused_from") else ""
         parts.append(f"| {name} | {fmt_duration(info['seconds'])} | {cpu} | {info.get('threads') or 'default'} "
-                     f"| {load} | `{info['command']}` |")
+                     f"| {load} | {copied}`{info['command']}` |")
     total = sum(seconds.values())
     cpu_total = sum(info.get("cpu_seconds", 0.0) for info in state.get("stages", {}).values())
     parts += [f"| total | {fmt_duration(total)} | {fmt_duration(cpu_total)} | | | |", "",
@@ -784,6 +827,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output_dir", default="runs/demo", help="demo directory (default runs/demo)")
     parser.add_argument("--resume", action="store_true", help="continue the demo in output_dir")
+    parser.add_argument("--reuse", default=None, metavar="DIR",
+                        help="start from another demo's first stages (copied) as far as their commands are this "
+                             "demo's, e.g. the same SFT and filter under other --grpo_args")
     parser.add_argument("--model_name_or_path", dest="model", default=None,
                         help="model directory (default: the embedded SmolLM2-135M-Instruct, converted on first use)")
     parser.add_argument("--quick", action="store_true",
@@ -888,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
             settings["model"] = state["model"]
         else:
             out.mkdir(parents=True, exist_ok=True)
-            state = {**settings, "stages": {}}
+            state = {**settings, "output_dir": str(out), "stages": {}}  # the spelling its commands use
             save_state(out, state)
         state["machine"] = describe_machine()
         save_state(out, state)
@@ -898,6 +944,18 @@ def main(argv: list[str] | None = None) -> int:
               f"the configs' dtype auto gives {state['precision']['dtype']}: {state['precision']['reason']}", flush=True)
 
         stages = plan(args, out, state["model"])
+        if args.reuse and not state["stages"]:
+            old_out = Path(args.reuse)
+            old_state = load_state(old_out)
+            if not old_state:
+                raise DemoError(f"--reuse: {old_out} holds no demo (no {STATE})")
+            # Its commands name its directory as it was given then (relative or absolute).
+            named = Path(old_state.get("output_dir", old_out))
+            names = reusable(old_state, named, out, stages)
+            copy_stages(old_out, named, out, names, stages, old_state, state)
+            save_state(out, state)
+            print(f"[demo] reused from {old_out}: {', '.join(names) or 'nothing (the first stage differs)'}",
+                  flush=True)
         for number, (name, cmd, path) in enumerate(stages, start=1):
             if name in state["stages"]:
                 print(f"[demo] {name}: done ({fmt_duration(state['stages'][name]['seconds'])}), skipped", flush=True)
@@ -920,8 +978,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[demo] threads: {threads or 'one per core'} ({why})", flush=True)
             t0, load0, cpu0 = time.time(), load_average(), children_cpu_seconds()
             run_stage(name, cmd + extra, out, threads)
-            shown = " ".join(shlex.quote(c) for c in ["python"] + cmd[1:])
-            state["stages"][name] = {"seconds": round(time.time() - t0, 1), "command": shown,
+            state["stages"][name] = {"seconds": round(time.time() - t0, 1), "command": shown_command(cmd),
                                      "cpu_seconds": round(children_cpu_seconds() - cpu0, 1),
                                      "threads": threads or f"{machine['cores']} (one per core)",
                                      "load": [x for x in (load0, load_average()) if x is not None]}

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from recipes.demo import best_sft, sft_more_budget, verdict
+from recipes.demo import best_sft, reusable, sft_more_budget, verdict
 from tests.conftest import recorded, run_entry
 
 # Tiny matrices: one thread is faster and shares the CPU better. Torch's kernels are capped at AVX2
@@ -162,6 +162,18 @@ def test_quick_demo_writes_the_report_and_summary_refuses_to_clobber_and_resumes
     assert resumed.stdout.count("skipped") == len(STAGES) - 1 and "removing the unfinished" in resumed.stdout
     check_report(out, n_test=8, n_ood=8)
 
+    # A new demo from this one's stages (what calibrating GRPO from one SFT model needs): every stage
+    # whose command is the same is copied, nothing runs; without SFT continued the best SFT is SFT.
+    branch = tmp_path / "branch"
+    proc = demo(["--quick", "--model_name_or_path", str(tiny_models / "qwen2"), "--output_dir", str(branch),
+                 "--reuse", str(out), "--sft_more", "false"])
+    assert f"[demo] reused from {out}: {', '.join(STAGES[:6])}" in proc.stdout and "[demo] threads" not in proc.stdout
+    assert (branch / "grpo" / "adapter").is_dir() and (branch / "pass_rate" / "kept.jsonl").is_file()
+    summary = json.loads((branch / "summary.json").read_text())
+    assert summary["grpo_minus_best_sft"]["baseline"] == "sft" and summary["isa"] == "AVX2"
+    report = (branch / "report.md").read_text()
+    assert report.count(f"copied from {out}: `python -m ") == 6 and str(out / "sft") not in report.split("## Stages")[1]
+
 
 def test_a_failed_stage_stops_the_demo_and_says_how_to_continue(tiny_models, tmp_path):
     out = tmp_path / "demo"
@@ -197,6 +209,20 @@ def test_user_errors_are_one_line(tmp_path, args, message):
 )
 def test_verdict(low, high, expected):
     assert verdict(low, high) == expected
+
+
+def test_a_new_demo_reuses_the_leading_stages_whose_commands_it_shares(tmp_path):
+    old, new = tmp_path / "a", tmp_path / "b"
+    stages = [(name, ["py", "-m", module, "--output_dir", str(new / name), *extra], new / name)
+              for name, module, extra in [("data", "data.synthetic", []), ("sft", "recipes.sft", ["--lr", "1"]),
+                                          ("grpo", "recipes.grpo", ["--lr", "2"]), ("eval", "evaluate.gsm8k", [])]]
+    done = {name: {"command": f"python -m {module} --output_dir {old / name}{extra}"}
+            for name, module, extra in [("data", "data.synthetic", ""), ("sft", "recipes.sft", " --lr 1"),
+                                        ("grpo", "recipes.grpo", " --lr 3"), ("eval", "evaluate.gsm8k", "")]}
+    # grpo differs (another learning rate): it and everything after it run again, though eval's command matches
+    assert reusable({"stages": done}, old, new, stages) == ["data", "sft"]
+    assert reusable({"stages": {k: v for k, v in done.items() if k != "data"}}, old, new, stages) == []
+    assert reusable({"stages": done}, tmp_path / "other", new, stages) == []  # its commands name another directory
 
 
 @pytest.mark.parametrize("sft, sft_more, expected", [

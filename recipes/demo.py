@@ -44,6 +44,11 @@ with a bigger model:
                   time beside; the SFT stop and the filter's counts; grpo_curve.png; five examples;
                   the machine. summary.json: the same numbers for machines to read.
 
+The previous flow (a 30-step SFT priming, GRPO on every problem; the README keeps its numbers) is
+roughly ``--filter false --sft_args "--target_patience 0 --max_steps 30 --lr_scheduler_type cosine"
+--grpo_args "--learning_rate 1e-4 --temperature 1.1 --per_device_train_batch_size 16 --max_steps 60
+--save_steps 15"``, with SFT continued now sized by FLOPs instead of GRPO's wall time.
+
 Precision: every stage's config says `dtype: auto`, so each stage takes core/precision.py's
 decision - bf16 where torch's kernels have it natively, else float32. The demo prints the decision
 first; `VIRL_BF16=0 make demo` runs the float32 arm on any CPU. Threads: `--threads auto`

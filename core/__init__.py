@@ -15,4 +15,5 @@ Nothing here imports `recipes/`, `evaluate/` or `deploy/`; those import this (te
     files.py      atomic writes of text, JSON and JSON Lines; staged directories
     embedded.py   the embedded SmolLM2-135M-Instruct for offline runs (`model_name_or_path: embedded`)
     boot.py       imports Unsloth before transformers/TRL/PEFT (unless backend: hf)
+    noise.py      third-party lines known to be harmless, filtered at startup (VIRL_VERBOSE=1 shows them)
 """

@@ -5,12 +5,19 @@ Unsloth patches transformers/TRL/PEFT classes when it is imported, so it must co
 `backend: hf` run (the fair baseline for benchmarks) must not be patched at all. The backend is
 only known after the config is parsed, and parsing needs TRL, so this module pre-scans the command
 line and the YAML for the one key it needs. Every recipe's first import is `core.boot`.
+
+Before anything else it filters the third-party lines known to be harmless (core/noise.py): some
+libraries print them while being imported, so this is the one place early enough.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from core.noise import quiet_known_noise, quiet_prints
+
+quiet_known_noise()  # before torch, transformers and Unsloth are imported (VIRL_VERBOSE=1: nothing hidden)
 
 
 def requested_backend(argv: list[str]) -> str:
@@ -37,4 +44,5 @@ def requested_backend(argv: list[str]) -> str:
 
 BACKEND = requested_backend(sys.argv[1:])
 if BACKEND == "unsloth" and os.environ.get("VIRL_NO_UNSLOTH") != "1":
-    import unsloth  # noqa: F401  (patches transformers, TRL and PEFT; must precede them)
+    with quiet_prints("unsloth"):  # its CPU banner says "training on CPU" to `make chat` too
+        import unsloth  # noqa: F401  (patches transformers, TRL and PEFT; must precede them)

@@ -556,6 +556,7 @@ def make_training_eval_callback(
     """
     from transformers import TrainerCallback
 
+    from core.console import console
 
     prompts, golds, questions, settings, path = _check_problems(
         dataset, "the training eval dataset", output_dir, limit, max_new_tokens, batch_size)
@@ -571,8 +572,9 @@ def make_training_eval_callback(
                 return
             metrics, seconds = _score_now(model, tokenizer, prompts, golds, questions, settings)
             logs = _record(path, state, metrics, seconds, prefix)
-            print(f"[eval] step {state.global_step}: accuracy {metrics['accuracy']:.3f}, "
-                  f"format {metrics['format_rate']:.3f} on {metrics['n']} held-out problems ({seconds:.1f}s)")
+            # Above the progress bar, not into it; the console logger leaves these rows to this line.
+            console(f"[eval] step {state.global_step}: accuracy {metrics['accuracy']:.3f}, "
+                    f"format {metrics['format_rate']:.3f} on {metrics['n']} held-out problems ({seconds:.1f}s)")
             state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
             if self.trainer is not None:
                 self.trainer.callback_handler.on_log(args, state, control, logs)
@@ -649,6 +651,7 @@ def make_target_stop_callback(
     """
     from transformers import TrainerCallback
 
+    from core.console import console
 
     if metric not in TARGET_METRICS:
         raise ValueError(f"target metric must be one of {', '.join(TARGET_METRICS)}, got {metric!r}")
@@ -672,9 +675,9 @@ def make_target_stop_callback(
             logs = _record(path, state, metrics, seconds, "target_")
             value = metrics[metric]
             reached = value >= target
-            print(f"[target] step {state.global_step}: {metric} {value:.3f} (target {target:g}); format "
-                  f"{metrics['format_rate']:.3f}, accuracy {metrics['accuracy']:.3f} on {metrics['n']} dev problems "
-                  f"({seconds:.1f}s)" + ("; reached, training stops here" if reached else ""), flush=True)
+            console(f"[target] step {state.global_step}: {metric} {value:.3f} (target {target:g}); format "
+                    f"{metrics['format_rate']:.3f}, accuracy {metrics['accuracy']:.3f} on {metrics['n']} dev problems "
+                    f"({seconds:.1f}s)" + ("; reached, training stops here" if reached else ""))
             state.log_history.append({**logs, "step": state.global_step})
             if reached:
                 self.reached_at = state.global_step

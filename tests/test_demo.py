@@ -61,6 +61,9 @@ def check_report(out, n_test, sft_more=True):
     assert report.count("\n### ") == min(5, n_test)
     png = (out / "grpo_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # the curve counts a subset of the held-out problems, the table all: the report says which is which
+    assert re.search(rf"^The curve's points count the same \d+ of the {n_test} held-out problems .* the squares "
+                     rf"are the table's accuracies on all {n_test} ", report, re.M), report[:3000]
     state = json.loads((out / "demo_state.json").read_text())
     assert list(state["stages"]) == stages
     # Recorded, not fast or slow: a stage may take under the 0.1 s the report rounds to on a fast CPU.

@@ -289,7 +289,7 @@ def accuracy_labels(run: Run, start: tuple[float, int] | None, table: tuple[list
         curve = run.label
     else:
         subset = f"the same {n_curve} of the {table[1]}" if n_curve and n_curve < table[1] else f"{n_curve or 'the'}"
-        curve = f"{subset} held-out problems, at each checkpoint"
+        curve = f"{subset} held-out problems,\nat each checkpoint"  # two lines: the legend fits the panel
     if start is not None:
         curve += f" (step 0: {start_label})"
     whole = None if table is None else f"all {table[1]} held-out problems (the report's table)"
@@ -333,8 +333,8 @@ def plot_overview(runs: Sequence[Run], out: Path, start: dict[str, tuple[float, 
         if whole_label is not None and table[run.label][0]:
             steps, values = zip(*table[run.label][0], strict=True)
             ax2.plot(steps, values, ls="none", marker="s", ms=9, mfc="none", mew=1.5, color="0.25", label=whole_label)
-            for s, v in table[run.label][0]:
-                ax2.annotate(f"{v:.3f}", (s, v), textcoords="offset points", xytext=(0, -14), ha="center",
+            for s, v in table[run.label][0]:  # beside the square: the curve's own value is written above it
+                ax2.annotate(f"{v:.3f}", (s, v), textcoords="offset points", xytext=(8, -3), ha="left",
                              fontsize=8, color="0.25")
     ax1.set_xlabel("step")
     ax1.set_ylabel("reward on training prompts (sampled)")

@@ -138,7 +138,7 @@ def test_the_curve_and_the_table_say_which_problems_they_count(tmp_path, monkeyp
     monkeypatch.setattr(plots, "_save", keep)
     out = plot_overview([run], tmp_path / "curve.png", start={"grpo": (0.28, 50)}, start_label="the SFT model",
                         table={"grpo": ([(0, 0.36), (12, 0.575)], 200)})
-    curve = "the same 50 of the 200 held-out problems, at each checkpoint (step 0: the SFT model)"
+    curve = "the same 50 of the 200 held-out problems,\nat each checkpoint (step 0: the SFT model)"
     table = "all 200 held-out problems (the report's table)"
     assert seen["legend"] == [curve, table]
     assert seen["lines"][0][0] == curve and seen["lines"][0][1][0] == 0 and seen["lines"][0][2][0] == 0.28

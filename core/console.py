@@ -35,8 +35,9 @@ def console(line: str) -> None:
 HEADLINE_METRICS = (("reward", "reward"), ("objective/scores", "score"), ("loss", "loss"))
 # The accuracy a trainer measures on its own batches, when it has one.
 ACCURACY_METRICS = (("rewards/accuracies", "reward accuracy"), ("mean_token_accuracy", "token accuracy"))
-# Held-out rows that say how long they took, not how good the model is.
-EVAL_TIMING = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch")
+# What the [eval] line of the trainer's own evaluation shows: its loss and what says how good the
+# model is (accuracies, F1); throughput, token counts and entropy stay in metrics.jsonl.
+EVAL_SHOWN = ("loss", "accuracy", "f1")
 
 
 def _short(value: float) -> str:
@@ -96,10 +97,7 @@ class CompactLogCallback(ProgressCallback):
         line = self.line(state, logs)
         if line is None:
             return
-        if self.progress_bar and self.training_bar is not None:
-            self.training_bar.write(line)
-        else:
-            print(line, flush=True)
+        console(line)  # above any bar: the training bar, or the trainer's evaluation bar
 
     def seconds_per_step(self, step: int) -> float | None:
         """Mean optimizer-step time since the previous line; the wall time between lines over the
@@ -126,7 +124,8 @@ class CompactLogCallback(ProgressCallback):
             # The trainer's own evaluation logs its runtime; the project's checks print their own line.
             if "eval_runtime" not in numbers:
                 return None
-            shown = [f"{k[5:]} {_short(v)}" for k, v in numbers.items() if k not in EVAL_TIMING]
+            shown = [f"{k[5:]} {_short(v)}" for k, v in numbers.items()
+                     if k.startswith("eval_") and any(word in k[5:] for word in EVAL_SHOWN)]
             return f"[eval] step {state.global_step}: {', '.join(shown)} ({numbers['eval_runtime']:.1f} s)"
         parts = [f"{name} {_short(numbers[key])}" for key, name in HEADLINE_METRICS if key in numbers][:1]
         parts += [f"{name} {numbers[key]:.3f}" for key, name in ACCURACY_METRICS if key in numbers][:1]

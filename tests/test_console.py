@@ -29,9 +29,12 @@ def state(step, max_steps=4):
     ({"objective/scores": 0.125, "loss/policy_avg": -0.01, "eps": 3}, "[train] step 2/4: score 0.125"),
     # A row nothing above describes still shows its first numbers (all of it is in metrics.jsonl).
     ({"custom/a": 1.5, "custom/b": 2}, "[train] step 2/4: custom/a 1.5, custom/b 2"),
-    # The trainer's own evaluation: an [eval] line without the timing keys.
+    # The trainer's own evaluation: an [eval] line with its loss and how good the model is.
     ({"eval_loss": 5.2216, "eval_runtime": 0.31, "eval_samples_per_second": 100.0, "eval_steps_per_second": 3.0,
-      "epoch": 1.0}, "[eval] step 2: loss 5.222 (0.3 s)"),
+      "eval_model_preparation_time": 5e-4, "eval_num_tokens": 2785.0, "eval_entropy": 6.1, "epoch": 1.0},
+     "[eval] step 2: loss 5.222 (0.3 s)"),
+    ({"eval_loss": 0.41, "eval_accuracy": 0.583, "eval_f1_weighted": 0.573, "eval_majority_accuracy": 0.472,
+      "eval_runtime": 0.05}, "[eval] step 2: loss 0.41, accuracy 0.583, f1_weighted 0.573, majority_accuracy 0.472 (0.1 s)"),
     # The project's held-out check (evaluate.gsm8k) prints its own [eval] line: nothing here.
     ({"eval_accuracy": 0.28, "eval_format_rate": 0.9, "eval_seconds": 12.0}, None),
     ({"target_accuracy": 0.3, "target_seconds": 1.0}, None),

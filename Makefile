@@ -38,7 +38,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 # one expands it, and its last stdout line is the model directory.
 EMBEDDED = $(shell $(PY) -m core.embedded | tail -1)
 
-.PHONY: help install test test-slow test-demo test-serve test-ci lint tiny-models data data-report sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench chat export serve serve-install
+.PHONY: help install test test-slow test-demo test-serve test-ci lint tiny-models data data-report sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench gpu-check chat export serve serve-install
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -131,6 +131,14 @@ eval-sentiment: $(STAMP) $(call tiny_dep,$(CONFIG)) ## PPO policy before/after: 
 RUN ?=
 bench: $(STAMP) ## Unsloth vs HF speed/memory, GRPO + DPO -> bench/results/ (GPU: 0.5b,1.5b shapes; CPU: tiny) [ARGS="--shapes 3b"]
 	$(PY) -m bench.run $(ARGS)
+
+# The GPU check (bench/gpu_check.py; README: "The GPU check"): every recipe on Unsloth's GPU path,
+# each check under its own time limit, the report rewritten after every check. VLLM=1 first installs
+# the vllm extra (several GB; it moves torch to 2.14.0).
+VLLM ?=
+gpu-check: $(STAMP) ## GPU path check, fits 15 min of GPU time -> bench/results/gpu_check.{json,md} after every check [VLLM=1 ARGS="--budget 600 --only sft_learns,vllm_grpo"]
+	$(if $(VLLM),$(VENV)/bin/pip install -q -e '.[vllm]')
+	$(PY) -m bench.gpu_check --out bench/results $(ARGS)
 
 plot: $(STAMP) ## plot and compare runs from their metrics.jsonl, live ones too: RUN="runs/a runs/b" [OUT=dir] -> PNGs + summary.md
 	$(PY) -m evaluate.plots $(or $(RUN),$(error name the run directories: make plot RUN="runs/a runs/b")) $(if $(OUT),--out $(OUT))

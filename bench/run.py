@@ -61,8 +61,10 @@ def recipe_args(recipe: str, gpu: bool) -> list[str]:
         return common + ["--num_generations", "4", "--per_device_train_batch_size", "8",
                          "--gradient_accumulation_steps", "1", "--max_completion_length", str(new_tokens),
                          "--eval_every_save", "false"]
+    # A fixed shape: pairs longer than max_length are cut to it (the length budget would stop the run).
     return common + ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
-                     "--max_length", str(max_length), "--eval_held_out", "false", "--sft_first_steps", "0"]
+                     "--max_length", str(max_length), "--on_long_rows", "cut", "--eval_held_out", "false",
+                     "--sft_first_steps", "0"]
 
 
 def run_one(recipe: str, backend: str, model_dir: Path, run_dir: Path, keep_dir: Path, steps: int, gpu: bool,

@@ -199,7 +199,7 @@ def apply_precision(values: dict[str, Any]) -> Precision:
     config's own `bf16`/`fp16` are overruled by the decision, and the line printed says so.
     """
     device = resolve_device(values.get("device"))
-    precision = precision_for(values.get("dtype"), device)
+    precision = precision_for(values.get("dtype"), device, values.get("backend"))
     stated = {k: values.get(k) for k in ("bf16", "fp16") if isinstance(values.get(k), bool)}
     overruled = [f"{k}: {str(v).lower()}" for k, v in stated.items() if v != getattr(precision, k)]
     if overruled and is_main_process():

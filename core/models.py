@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from core.adapters import adapter_base, adapter_rank, adapter_view, is_local_path
+from core.adapters import adapter_base, adapter_rank, adapter_view, is_local_path, is_prequantized
 from core.cli import UserError
 from core.config import ModelArguments
 from core.embedded import resolve_model_name
@@ -91,23 +91,16 @@ def load_model_and_tokenizer(margs: ModelArguments, seed: int = 42, for_training
                         "set load_in_4bit: false (or use_peft: true for QLoRA)")
     # Frozen (LoRA base) weights in the decided dtype; weights that all train keep float32 masters
     # and compute under the trainer's bf16/fp16 autocast (set from the same decision).
-    precision = precision_for(margs.dtype, device)
+    precision = precision_for(margs.dtype, device, margs.backend)
     dtype = __import__("torch").float32 if full_finetuning else precision.torch_dtype()
 
     fast_inference = False
     if margs.fast_inference:
-        if device != "cuda":
-            print("[model] fast_inference (vLLM) needs a CUDA GPU: generating with Hugging Face generate instead")
-        elif margs.backend != "unsloth":
-            print("[model] fast_inference is Unsloth's vLLM path; backend hf generates with HF generate "
-                  "(use TRL's use_vllm for a vLLM server)")
+        refusal = vllm_refusal(margs, device, dtype, want_4bit or is_prequantized(load_name), full_finetuning)
+        if refusal is None:
+            fast_inference = True
         else:
-            try:
-                import vllm  # noqa: F401
-                fast_inference = True
-            except ImportError:
-                print("[model] fast_inference requested but vLLM is not installed (pip install '.[vllm]'): "
-                      "generating with Hugging Face generate")
+            print(f"[model] {refusal}: generating with Hugging Face generate instead")
 
     t0 = time.time()
     try:
@@ -154,6 +147,39 @@ def load_model_and_tokenizer(margs: ModelArguments, seed: int = 42, for_training
     if for_training:
         require_trainable(model, load_name)
     return model, tokenizer
+
+
+def vllm_refusal(margs: ModelArguments, device: str, dtype, bitsandbytes: bool,
+                 full_finetuning: bool = False) -> str | None:
+    """Why Unsloth's vLLM path (`fast_inference`) cannot start for this load, or None when it can.
+
+    Checked before loading, because unsloth_zoo's `load_vllm` raises deep inside the load instead:
+    since vLLM 0.28 a bitsandbytes model (`load_in_4bit`, or a `-bnb-4bit` checkpoint) needs the
+    `vllm-bnb-plugin` package, and vLLM computes in bfloat16 or float16 only ("We do not support
+    dtype = torch.float32"). tests/test_vllm_path.py drives the installed `load_vllm` to pin both.
+    """
+    import importlib.util
+    import sys
+
+    if device != "cuda":
+        return "fast_inference (vLLM) needs a CUDA GPU"
+    if margs.backend != "unsloth":
+        return "fast_inference is Unsloth's vLLM path and this run uses backend: hf (TRL's use_vllm serves vLLM there)"
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        if sys.version_info < (3, 11):
+            return "fast_inference needs vLLM, and the vllm extra needs Python >= 3.11 (vLLM 0.33 does not install on 3.10)"
+        return "fast_inference needs vLLM, which is not installed (pip install -e '.[vllm]')"
+    if bitsandbytes and importlib.util.find_spec("vllm_bnb_plugin") is None:
+        return ("fast_inference with 4-bit weights needs the vllm-bnb-plugin package (vLLM >= 0.28 moved "
+                "bitsandbytes loading out of vLLM): pip install -e '.[vllm]' installs it")
+    import torch
+
+    if dtype not in (torch.bfloat16, torch.float16):
+        why = "full finetuning keeps float32 master weights" if full_finetuning else "set dtype: auto"
+        return f"vLLM computes in bfloat16 or float16, not {str(dtype).replace('torch.', '')} ({why})"
+    return None
 
 
 def load_tokenizer(margs: ModelArguments):

@@ -2,7 +2,7 @@
 
 Where bfloat16 is native it is the fastest safe choice; where it is not, it is either refused or
 emulated, and both hurt:
-- a GPU without native bf16 (T4, the free Colab GPU; V100): Unsloth replaces
+- a GPU without native bf16 (T4, the free Colab GPU): Unsloth replaces
   `torch.cuda.is_bf16_supported` so that emulation does not count, and `TrainingArguments` then
   rejects `bf16: true` while the config is parsed - the run cannot start; under `backend: hf`
   torch counts emulated bf16 as supported and the run is silently slow. float16 is native there.
@@ -13,6 +13,15 @@ So the config's `dtype` is a preference that this decision may overrule, and the
 `bf16`/`fp16` flags follow the decision: on a GPU native bf16, else fp16; on a CPU bf16 only where
 it is native, else float32. `VIRL_BF16=0` (or `1`) overrides the hardware answer "is bf16 native
 here?" - to rehearse a T4 on a bigger GPU, or an AVX2 laptop on a server CPU.
+
+float32 is kept, except under `backend: unsloth` on a GPU with native bf16: Unsloth's generated
+trainers (unsloth/models/rl.py, the mixed-precision block) set `bf16=True` whenever neither flag
+is set there, and the only ways around it (its forced-float32 stamp, or denying bf16) turn on
+float16 autocast elsewhere. So that case is decided as bfloat16, said in one line; `backend: hf`
+keeps float32. What the trainer finally used is recorded too (core/runs.py).
+
+A GPU is used only when the installed torch has kernels for it: torch 2.14's CUDA 13 wheels are
+built for sm_75 to sm_120, so a V100 (sm_70) is refused before anything loads, with what to do.
 
 No torch import at module level: the demo orchestrator asks this module too, without torch.
 """
@@ -140,18 +149,26 @@ def native_bf16(device: str) -> tuple[bool, str]:
     return cpu_native_bf16(cpu_flags())
 
 
-def decide(requested: str | None, device: str, native: bool, evidence: str) -> Precision:
+def decide(requested: str | None, device: str, native: bool, evidence: str,
+           backend: str | None = None) -> Precision:
     """The dtype for `device` given the config's preference and whether bf16 is native.
 
     auto: bf16 where native, else fp16 on a GPU and float32 on a CPU. bfloat16 where it is not
     native: the same fallback, said out loud. float16 on a CPU: float32 (no CPU the toolkit targets
-    has fast fp16). float32 is always kept: the user asked for the slow, exact choice.
+    has fast fp16). float32 is kept - the user asked for the slow, exact choice - except where the
+    trainer cannot keep it: `backend: unsloth` on a GPU with native bf16 (see the module docstring),
+    which is bfloat16, said out loud. `backend` is the model backend (`None`: a recipe without one,
+    which trains with stock transformers).
     """
     requested = requested or "auto"
     if requested not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {requested!r}")
     fallback = "float16" if device == "cuda" else "float32"
     if requested == "float32":
+        if device == "cuda" and native and backend == "unsloth":
+            return Precision(device, "bfloat16", "the config asks for float32, but Unsloth's trainer turns it into "
+                             f"bf16 autocast where bf16 is native ({evidence}): bfloat16 instead; "
+                             "backend: hf keeps float32")
         return Precision(device, "float32", "the config asks for float32")
     if requested == "float16":
         if device == "cuda":
@@ -165,10 +182,10 @@ def decide(requested: str | None, device: str, native: bool, evidence: str) -> P
     return Precision(device, fallback, f"dtype auto; {evidence}")
 
 
-def decide_for(requested: str | None, device: str) -> Precision:
+def decide_for(requested: str | None, device: str, backend: str | None = None) -> Precision:
     """`decide` with this machine's answer (or the VIRL_BF16 override)."""
     native, evidence = native_bf16(device)
-    return decide(requested, device, native, evidence)
+    return decide(requested, device, native, evidence, backend)
 
 
 # ------------------------------------------------------------------------- devices, announced
@@ -178,13 +195,50 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def has_kernels_for(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a torch build compiled for `arch_list` (`torch.cuda.get_arch_list()`) runs on a GPU of
+    this compute capability: a cubin for sm_XY runs on the same major version with a minor >= Y, PTX
+    (compute_XY) is compiled at load time for any capability >= X.Y."""
+    major, minor = capability
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        if not number.isdigit():  # sm_90a and the like: one exact GPU family, never an older one
+            continue
+        built = divmod(int(number), 10)
+        if (kind == "sm" and built[0] == major and built[1] <= minor) or (kind == "compute" and built <= (major, minor)):
+            return True
+    return False
+
+
+def check_gpu_kernels() -> None:
+    """Refuse, before anything loads, a GPU the installed torch has no kernels for (a V100 under
+    torch 2.14's CUDA 13 wheels): otherwise the first CUDA kernel fails deep inside a forward pass
+    with "no kernel image is available for execution on the device"."""
+    import torch
+
+    arch_list = torch.cuda.get_arch_list()
+    capability = tuple(torch.cuda.get_device_capability(0))
+    if not arch_list or has_kernels_for(capability, arch_list):
+        return
+    sm = f"sm_{capability[0]}{capability[1]}"
+    raise UserError(
+        f"{torch.cuda.get_device_name(0)} ({sm}) has no kernels in this torch build ({torch.__version__}, built for "
+        f"{' '.join(arch_list)}): install a torch build whose torch.cuda.get_arch_list() includes {sm} (for a V100, "
+        "PyTorch's CUDA 12.6 wheels kept Volta; the CUDA 12.8+ and 13 wheels and vLLM's torch pin do not), use a T4 "
+        "or newer GPU, or run on the CPU with CUDA_VISIBLE_DEVICES=''"
+    )
+
+
 def resolve_device(requested: str | None) -> str:
     """`auto`/`cuda`/`cpu` -> the device a run uses, failing clearly when `cuda` is asked of a machine
-    without a GPU (instead of silently training on the CPU)."""
+    without a GPU (instead of silently training on the CPU), or when torch has no kernels for the GPU."""
     requested = requested or "auto"
     if requested == "cuda" and not has_cuda():
         raise UserError("device: cuda was requested but no CUDA GPU is visible; use device: auto (or cpu)")
-    return "cuda" if (requested != "cpu" and has_cuda()) else "cpu"
+    device = "cuda" if (requested != "cpu" and has_cuda()) else "cpu"
+    if device == "cuda":
+        check_gpu_kernels()
+    return device
 
 
 def check_device(margs: ModelArguments) -> str:
@@ -195,10 +249,10 @@ def check_device(margs: ModelArguments) -> str:
 _ANNOUNCED: set[Precision] = set()
 
 
-def precision_for(requested: str | None, device: str) -> Precision:
+def precision_for(requested: str | None, device: str, backend: str | None = None) -> Precision:
     """The precision decision (core/precision.py) for this machine, printed once per process."""
     try:
-        precision = decide_for(requested, device)
+        precision = decide_for(requested, device, backend)
     except ValueError as err:
         raise UserError(str(err)) from None
     if precision not in _ANNOUNCED and is_main_process():

@@ -138,7 +138,40 @@ def write_run_info(output_dir: str, *configs: Any, extra: dict[str, Any] | None 
         info["precision"] = dataclasses.asdict(LAST_PARSE["precision"])
     if extra:
         info.update(extra)
-    write_json(out / ("run_info.json" if name == "config.yaml" else name.replace(".yaml", ".run_info.json")), info)
+    path = out / ("run_info.json" if name == "config.yaml" else name.replace(".yaml", ".run_info.json"))
+    write_json(path, info)
+    _RUN_INFO[out.resolve()] = path
+
+
+# output_dir -> the run_info file this process wrote there (a resumed run writes a second one).
+_RUN_INFO: dict[Path, Path] = {}
+
+
+def trainer_autocast(args) -> str:
+    """The autocast a trainer really runs, read from its final arguments: `bfloat16`, `float16` or
+    `none`. A library may rewrite the flags the decision set (Unsloth's generated trainers do, in
+    their __init__), so this is read when training begins."""
+    return "bfloat16" if getattr(args, "bf16", False) else "float16" if getattr(args, "fp16", False) else "none"
+
+
+def record_trainer_precision(output_dir: str, args) -> dict[str, str] | None:
+    """Add the trainer's real autocast to the run's run_info.json, and say so in one line when it is
+    not what the precision decision set. Returns what was recorded (None without a decision)."""
+    precision = LAST_PARSE["precision"]
+    if precision is None or not is_main_process():
+        return None
+    used = trainer_autocast(args)
+    expected = precision.dtype if precision.bf16 or precision.fp16 else "none"
+    record = {"autocast": used, "as_decided": used == expected}
+    if used != expected:
+        print(f"[precision] the trainer runs {used} autocast, not the decided {precision.dtype}"
+              f"{'' if expected == 'none' else ' autocast'} (its library changed the flags): recorded in run_info.json")
+    path = _RUN_INFO.get(Path(output_dir).resolve())
+    if path is not None and path.is_file():
+        info = json.loads(path.read_text(encoding="utf-8"))
+        info.setdefault("precision", {})["trainer"] = record
+        write_json(path, info)
+    return record
 
 
 class JsonlMetricsCallback(TrainerCallback):
@@ -146,13 +179,18 @@ class JsonlMetricsCallback(TrainerCallback):
 
     The first row logged after an optimizer step also gets `step_seconds` (that step's wall time,
     generation included) and, on a GPU, `peak_memory_gb` / `peak_reserved_gb` (this process's
-    `torch.cuda.max_memory_allocated` / `max_memory_reserved` so far); `bench/` reads them.
+    `torch.cuda.max_memory_allocated` / `max_memory_reserved` so far); `bench/` reads them. When
+    training begins, the trainer's real autocast goes into run_info.json (`record_trainer_precision`).
     """
 
     def __init__(self, output_dir: str):
         self.path = Path(output_dir) / "metrics.jsonl"
         self._step_start: float | None = None
         self._step_stats: dict[str, float] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # The trainer exists by now, and any library that rewrites its precision flags has done so.
+        record_trainer_precision(str(self.path.parent), args)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._step_start = time.perf_counter()
@@ -191,7 +229,7 @@ def save_final(trainer, tokenizer, output_dir: str, margs: ModelArguments, save_
             record_adapter_base(final, requested=margs.model_name_or_path)
         print(f"[run] saved {final}")
         if save_merged and margs.use_peft:
-            dtype = precision_for(margs.dtype, check_device(margs)).dtype
+            dtype = precision_for(margs.dtype, check_device(margs), margs.backend).dtype
             merge_adapter(str(final), str(out / "merged"), dtype=dtype, trust_remote_code=margs.trust_remote_code)
     return final
 

@@ -29,6 +29,7 @@ the extracted answer are printed, as a notebook cell or a script wants them.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -38,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from core.cli import ArgumentParser
+from core.cli import ArgumentParser, UserError
 from rewards.math import extract_answer, format_number
 
 DEFAULT_PORT = 7860
@@ -316,6 +317,11 @@ def _interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
+    if not args.ask and importlib.util.find_spec("gradio") is None:
+        # Checked before minutes of model loading. gradio is the `chat` extra (in `make install`'s dev):
+        # it holds pillow below 13, which the vllm extra's vLLM refuses.
+        raise UserError("the chat page needs gradio: pip install -e '.[chat]' (not in the same environment as the "
+                        "vllm extra, whose vLLM needs pillow >= 13); ARGS=\"--ask '...'\" answers without a page")
     from data.vi_gsm8k import SYSTEM_PROMPT
     from deploy.models import recipe_system_prompt
 

@@ -2,11 +2,14 @@
 
 The exported model is loaded back the way a user would load it (safetensors with transformers,
 a GGUF file through transformers' GGUF reader, an adapter onto its base) and decodes a few fixed
-Vietnamese prompts greedily next to the model it came from. Both run in float32 on the CPU (or
-GPU), one after the other, with the tokenizer of the Hugging Face folder: transformers' GGUF
-tokenizer would stop at the wrong token (it sets eos to `<|im_start|>` for ChatML models). A
-tokenizer without a chat template (a plain language model such as PPO's GPT-2 policy) gets the
-questions as plain text to continue.
+Vietnamese prompts greedily next to the model it came from. Both compute in float32 on the GPU
+when there is one, else the CPU, one after the other, with the tokenizer of the Hugging Face
+folder: transformers' GGUF tokenizer would stop at the wrong token (it sets eos to `<|im_start|>`
+for ChatML models). A tokenizer without a chat template (a plain language model such as PPO's
+GPT-2 policy) gets the questions as plain text to continue. A Hugging Face folder stays in the
+precision it is stored in (16 bits for a merged model and its base) and computes in float32 one
+module at a time (`core.merge.compute_in_float32`): the same numbers as a float32 copy, in half
+the memory - a 3B reference plus its export would not fit a free Colab session in float32.
 
 Two numbers per comparison:
 - `identical`: prompts whose greedy continuations are token for token the same;
@@ -80,19 +83,25 @@ def check_messages(system_prompt: str) -> list[list[dict[str, str]]]:
 def _device():
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from core.precision import resolve_device
+
+    return torch.device(resolve_device("auto"))  # refuses a GPU torch has no kernels for
 
 
 def load_hf(path: str | Path):
-    """A Hugging Face model directory, in float32."""
-    import torch
+    """A Hugging Face model directory in its stored precision, loaded straight onto the device and
+    computing in float32."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(_device()).eval()
+    from core.merge import compute_in_float32
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto", device_map={"": _device()}).eval()
+    compute_in_float32(model)
+    return model
 
 
 def load_adapter(adapter_dir: str | Path, base: str):
-    """Base + LoRA adapter, unmerged, in float32: the model as training left it."""
+    """Base + LoRA adapter, unmerged, computing in float32: the model as training left it."""
     from peft import PeftModel
 
     model = load_hf(base)

@@ -2,7 +2,7 @@
 
 On a CPU, Unsloth runs a separate backend, so these tests check what the toolkit hands Unsloth's GPU
 loader (its arguments), and what the toolkit does itself where Unsloth's GPU path would go wrong
-(the adapter's recorded base, merging into 16-bit). bench/gpu_check.sh asserts the same on a GPU.
+(the adapter's recorded base, merging into 16-bit). bench/gpu_check.py asserts the same on a GPU.
 """
 
 import json
@@ -124,6 +124,7 @@ def test_vllm_slots_hold_the_adapter_being_continued(unsloth_calls, tiny_models,
     adapter = _adapter(tiny_models, tmp_path, r=32)
     monkeypatch.setattr(core.precision, "has_cuda", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA L4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 9))
     monkeypatch.setenv("VIRL_BF16", "1")
     monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
     margs = ModelArguments(model_name_or_path=str(adapter), use_peft=True, lora_r=16, load_in_4bit=False,
@@ -165,8 +166,22 @@ def test_merge_matches_base_plus_adapter_and_saves_what_it_checked(tiny_models, 
 
     adapter = _adapter(tiny_models, tmp_path)
     out = tmp_path / "merged"
-    report = merge_adapter(str(adapter), str(out), dtype=dtype)
-    assert report["next_token_agreement"] == 1.0 and report["max_abs_logit_diff_fp32"] < 1e-4
+    loads = []
+    real_load = AutoModelForCausalLM.from_pretrained
+
+    def load(*args, **kwargs):
+        loads.append(kwargs["dtype"])
+        return real_load(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AutoModelForCausalLM, "from_pretrained", load)
+        report = merge_adapter(str(adapter), str(out), dtype=dtype)
+    assert loads == [getattr(torch, dtype)]  # the base is held once, in the saved dtype (not float32 for bf16)
+    assert report["lora_layers_checked"] == 6 and report["max_layer_rel_diff_fp32"] < 1e-5
+    if dtype == "float32":
+        assert report["next_token_agreement"] == 1.0 and report["max_abs_logit_diff"] < 1e-4
+    else:  # the merged weights are rounded to 16 bits
+        assert report["max_abs_logit_diff"] <= 0.05 * report["logit_scale"] and report["next_token_agreement"] >= 0.9
     assert json.loads((out / "merge.json").read_text())["dtype"] == dtype
     with safe_open(str(out / "model.safetensors"), framework="pt") as fh:
         assert {fh.get_tensor(k).dtype for k in fh.keys()} == {getattr(torch, dtype)}
@@ -181,6 +196,53 @@ def test_merge_matches_base_plus_adapter_and_saves_what_it_checked(tiny_models, 
     tolerance = 1e-4 if dtype == "float32" else 0.05 * expected.abs().max().item()
     assert (got - expected).abs().max() < tolerance
     assert (plain - expected).abs().max() > 10 * (got - expected).abs().max()  # the adapter matters
+
+
+def test_a_wrong_merge_is_caught_before_anything_is_saved(tiny_models, tmp_path, monkeypatch):
+    """The per-layer check can fail: a merge that adds LoRA's update twice is stopped."""
+    from peft.tuners.lora import Linear
+
+    real_merge = Linear.merge
+
+    def twice(self, *args, **kwargs):
+        real_merge(self, *args, **kwargs)
+        self.merged_adapters.clear()
+        real_merge(self, *args, **kwargs)
+
+    monkeypatch.setattr(Linear, "merge", twice)
+    with pytest.raises(RuntimeError, match="a merged layer differs from base layer"):
+        merge_adapter(str(_adapter(tiny_models, tmp_path)), str(tmp_path / "merged"), dtype="bfloat16")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_merge_that_loses_the_adapter_is_caught_by_the_logits(tiny_models, tmp_path, monkeypatch):
+    """The whole-model check can fail too: layers left unmerged (their LoRA then dropped) leave the
+    base model, whose logits are far from base + adapter's."""
+    import core.merge
+
+    monkeypatch.setattr(core.merge, "_merge_layer", lambda layer, dtype, device: 0.0)
+    with pytest.raises(RuntimeError, match="merged logits differ from base"):
+        merge_adapter(str(_adapter(tiny_models, tmp_path)), str(tmp_path / "merged"), dtype="bfloat16")
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_16bit_weights_computing_in_float32_give_the_float32_numbers(tiny_models, arch):
+    """compute_in_float32 (the merge check and deploy/verify.py): a bf16 model gives what a float32
+    copy of the same weights gives, generation included, without holding that copy."""
+    from transformers import AutoModelForCausalLM
+
+    from core.merge import compute_in_float32
+
+    stored = AutoModelForCausalLM.from_pretrained(tiny_models / arch, dtype=torch.bfloat16).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_models / arch, dtype=torch.bfloat16).float().eval()
+    compute_in_float32(stored)
+    ids = torch.tensor([[5, 9, 2, 7, 11, 3, 8]])
+    with torch.no_grad():
+        got, want = stored(input_ids=ids).logits, reference(input_ids=ids).logits
+        assert got.dtype == torch.float32 and torch.allclose(got, want, rtol=0, atol=1e-5)
+        assert torch.equal(stored.generate(ids, max_new_tokens=8, do_sample=False),
+                           reference.generate(ids, max_new_tokens=8, do_sample=False))
+    assert {p.dtype for p in stored.parameters()} == {torch.bfloat16}  # put back after every call
 
 
 def test_merge_refuses_a_quantized_base_and_an_existing_folder(tiny_models, tmp_path):

@@ -59,15 +59,15 @@ def test_make_lm_ppo_eval_chain_tiny(tmp_path, tiny_models):
     eval_args = (f"{ppo_args} --num_prompts 3 --samples_per_prompt 2 --results_dir {results} "
                  f"--eval_output_dir {results / 'sentiment'}")
     run_entry(["make", "-s", "eval-sentiment", "CONFIG=configs/ppo/tiny.yaml", f"ARGS={eval_args}"], env=ENV)
-    recorded = json.loads((results / "results.json").read_text())["sentiment"]
-    assert set(recorded) == {"ppo-before", "ppo-after"}
-    for name, metrics in recorded.items():
+    sentiment_rows = json.loads((results / "results.json").read_text())["sentiment"]
+    assert set(sentiment_rows) == {"ppo-before", "ppo-after"}
+    for name, metrics in sentiment_rows.items():
         assert metrics["n_samples"] == 6
         assert abs(metrics["negative_share"] + metrics["neutral_share"] + metrics["positive_share"] - 1) < 1e-9
         assert 0 <= metrics["distinct_2"] <= 1 and metrics["perplexity"] > 1
         rows = _jsonl(results / "sentiment" / name / "predictions.jsonl")
         assert len(rows) == 6 and rows[0]["reward"] == pytest.approx(scorer([rows[0]["scored_text"]])[0], abs=1e-4)
-    assert recorded["ppo-after"]["model"] == str(ppo / "model")
+    assert sentiment_rows["ppo-after"]["model"] == str(ppo / "model")
     assert "## sentiment" in (results / "comparison.md").read_text()
 
 

@@ -35,6 +35,73 @@ def test_decision_table(requested, device, native, expected):
     assert choice.reason  # every decision says why
 
 
+# float32 under each backend: Unsloth's generated trainers autocast a float32 run to bf16 on a GPU
+# with native bf16 (tests/test_trainer_precision.py drives that code), so the decision says bfloat16
+# there instead of recording a float32 the run would not have.
+@pytest.mark.parametrize("device, native, backend, expected", [
+    ("cuda", True, "unsloth", "bfloat16"),
+    ("cuda", False, "unsloth", "float32"),    # T4: Unsloth keeps an explicit float32 there
+    ("cuda", True, "hf", "float32"),          # stock transformers keeps it
+    ("cuda", True, None, "float32"),          # recipes without a backend (the reward model's Trainer)
+    ("cpu", True, "unsloth", "float32"),      # Unsloth's CPU backend patches no trainer
+])
+def test_float32_is_kept_where_the_trainer_keeps_it(device, native, backend, expected):
+    choice = P.decide("float32", device, native, "the GPU's evidence", backend)
+    assert choice.dtype == expected
+    if expected != "float32":
+        assert "Unsloth's trainer" in choice.reason and "backend: hf keeps float32" in choice.reason
+
+
+# Compute capability, torch's arch list -> does the build run there?
+@pytest.mark.parametrize("capability, arch_list, runs", [
+    ((7, 0), ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"], False),   # V100 under torch 2.14 cu130
+    ((7, 5), ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"], True),    # T4
+    ((8, 9), ["sm_80", "sm_86"], True),        # a cubin runs on later minors of its major (4090 on sm_86)
+    ((9, 0), ["sm_80", "sm_86"], False),       # but never on another major
+    ((12, 0), ["sm_80", "compute_90"], True),  # PTX is compiled for anything newer
+    ((10, 0), ["sm_90a"], False),              # arch-specific builds serve only their own family
+])
+def test_which_gpus_a_torch_build_has_kernels_for(capability, arch_list, runs):
+    assert P.has_kernels_for(capability, arch_list) is runs
+
+
+def test_the_installed_torch_runs_on_a_t4_but_not_a_v100():
+    """The installed build's own arch list (readable without a GPU): the contract the refusal rests on."""
+    import torch
+
+    arch_list = torch.cuda.get_arch_list()
+    assert P.has_kernels_for((7, 5), arch_list)
+    assert not P.has_kernels_for((7, 0), arch_list), f"this torch build has V100 kernels now: {arch_list}"
+
+
+def test_a_v100_is_refused_in_one_line_before_loading(monkeypatch):
+    import torch
+
+    _fake_gpu(monkeypatch, "Tesla V100-SXM2-16GB", (7, 0), bf16=False)
+    with pytest.raises(UserError) as refused:
+        apply_precision({"dtype": "auto", "device": "auto", "bf16": None, "fp16": False, "use_cpu": False})
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("Tesla V100-SXM2-16GB (sm_70) has no kernels in this torch build")
+    assert " ".join(torch.cuda.get_arch_list()) in message and "CUDA 12.6" in message
+    assert "CUDA_VISIBLE_DEVICES=''" in message
+    # A T4 on the same build is accepted.
+    _fake_gpu(monkeypatch, "Tesla T4", (7, 5), bf16=False)
+    assert P.resolve_device("auto") == "cuda"
+
+
+def test_float32_under_unsloth_on_a_bf16_gpu_says_so_at_parse(monkeypatch, capsys):
+    _fake_gpu(monkeypatch, "NVIDIA GeForce RTX 4090", (8, 9), bf16=True)
+    monkeypatch.setattr(P, "_ANNOUNCED", set())  # the decision line is printed once per process
+    values = {"dtype": "float32", "device": "auto", "backend": "unsloth", "bf16": None, "fp16": False,
+              "use_cpu": False}
+    assert apply_precision(values).dtype == "bfloat16" and (values["bf16"], values["fp16"]) == (True, False)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("[precision]"))
+    assert line.startswith("[precision] bfloat16 on CUDA: the config asks for float32, but Unsloth's trainer")
+    values = {"dtype": "float32", "device": "auto", "backend": "hf", "bf16": None, "fp16": False, "use_cpu": False}
+    assert apply_precision(values).dtype == "float32" and (values["bf16"], values["fp16"]) == (False, False)
+
+
 def test_an_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match="dtype must be one of"):
         P.decide("bf16", "cpu", True, "")
@@ -96,6 +163,7 @@ def test_the_avx2_stand_in_trains_in_float32_by_itself(tmp_path):
     assert line.startswith("[precision] float32 on the CPU: dtype auto;"), line
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["precision"]["dtype"] == "float32"
+    assert info["precision"]["trainer"] == {"autocast": "none", "as_decided": True}  # read when training began
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 

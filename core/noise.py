@@ -39,34 +39,56 @@ class Noise:
         source (`str`): the logger name, the imported module, or the environment variable.
         pattern (`str`): a regular expression searched in the line; tests scan outputs with it.
         why (`str`): why it is harmless here.
+        example (`str`): the line as the library writes it (tests feed it through the rule).
     """
 
     kind: str
     source: str
     pattern: str
     why: str
+    example: str
 
 
 KNOWN_NOISE: tuple[Noise, ...] = (
     Noise("log", "torch.utils._pytree",
           r"is an Enum subclass and is now natively supported by torch\.compile",
           "torchao (imported by transformers) registers two enums the old way; torch announces a future "
-          "change to torchao's authors, nothing in this project calls it"),
+          "change to torchao's authors, nothing in this project calls it",
+          "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile as an "
+          "opaque value type. Calling register_constant() on Enum subclasses is deprecated and will be an error "
+          "in a future release."),
     Noise("log", "bitsandbytes.backends.cpu.ops",
           r"Failed to load CPU gemm_4bit_forward from kernels-community",
           "an optional faster kernel for 4-bit matmuls on a CPU (the `kernels` package); bitsandbytes uses "
-          "its own, and 4-bit on a CPU is opt-in"),
+          "its own, and 4-bit on a CPU is opt-in",
+          "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. Please make "
+          "sure you already `pip install kernels` and the kernels >= 0.11.1"),
     Noise("print", "unsloth",
           r"^Unsloth \S+: no GPU found, training on CPU",
           "printed on import by every command, inference too; the project's own [model] and [precision] "
-          "lines say where and how the model runs"),
+          "lines say where and how the model runs",
+          "Unsloth 2026.10.9: no GPU found, training on CPU (x86_64, 1 threads, bfloat16 = True). CPU training "
+          "is much slower than GPU training; supported: text LoRA / full finetuning with SFTTrainer. Set "
+          "UNSLOTH_DISABLE_CPU_FALLBACK=1 to raise instead."),
     Noise("log", "transformers.trainer_utils",
           r"mtime may not be reliable on this filesystem",
-          "checkpoints are then ordered by their step number, which is what resuming relies on anyway"),
+          "checkpoints are then ordered by their step number, which is what resuming relies on anyway",
+          "mtime may not be reliable on this filesystem, falling back to numerical ordering"),
+    Noise("log", "transformers.generation.utils",
+          r"Passing `generation_config` together with generation-related arguments=\(\{'(output_scores|"
+          r"return_dict_in_generate)', '(output_scores|return_dict_in_generate)'\}\)",
+          "TRL's PPO rollout (batch_generation) passes these two next to its generation config; only that "
+          "call's pair of arguments is matched, so the same warning about the project's own calls still shows",
+          "Passing `generation_config` together with generation-related arguments=({'output_scores', "
+          "'return_dict_in_generate'}) is deprecated and will be removed in future versions. Please pass either "
+          "a `generation_config` object OR all generation parameters explicitly, but not both."),
     Noise("env", "TRL_EXPERIMENTAL_SILENCE",
           r"You are importing from 'trl\.experimental'",
           "PPO lives in trl.experimental in TRL 1.12 (the last release that has it); TRL's own switch "
-          "silences exactly this notice"),
+          "silences exactly this notice",
+          "TRLExperimentalWarning: You are importing from 'trl.experimental'. APIs here are unstable and may "
+          "change or be removed without notice. Silence this warning by setting environment variable "
+          "TRL_EXPERIMENTAL_SILENCE=1."),
 )
 
 VERBOSE_ENV = "VIRL_VERBOSE"

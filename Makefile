@@ -38,7 +38,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 # one expands it, and its last stdout line is the model directory.
 EMBEDDED = $(shell $(PY) -m core.embedded | tail -1)
 
-.PHONY: help install test test-slow test-demo test-serve test-ci lint tiny-models data data-report pass-rate sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench gpu-check chat export serve
+.PHONY: help install test test-slow test-demo test-serve test-ci lint tiny-models data data-report pass-rate sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench gpu-check chat export serve serve-install
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -72,8 +72,7 @@ test-demo: $(STAMP) ## the full-length `make demo` as a test (report and summary
 	$(PY) -m core.embedded
 	$(PY) -m pytest -q -m demo
 
-test-serve: $(STAMP) $(TINY)/.complete ## install the serve extra (compiles llama.cpp once) and test `make serve`
-	$(VENV)/bin/pip install -q -e '.[serve]'
+test-serve: serve-install $(TINY)/.complete ## install the serve extra (compiles llama.cpp once) and test `make serve`
 	$(PY) -m pytest -q -m serve
 
 lint: $(STAMP) ## ruff
@@ -170,5 +169,11 @@ chat: $(STAMP) $(model_dep) ## Gradio chat page on 127.0.0.1:7860, streamed repl
 export: $(STAMP) $(model_dep) ## export + reload check: MODEL=adapter|dir FORMAT=merged|gguf|adapter [QUANT=f16|bf16|q8_0|q4_k_m OUT=dir ARGS="--push_to_hub user/repo"]
 	$(PY) -m deploy.export $(if $(MODEL),--model_name_or_path $(MODEL)) --format $(FORMAT) $(if $(QUANT),--quant $(QUANT)) $(if $(OUT),--output_dir $(OUT)) $(ARGS)
 
-serve: $(STAMP) ## OpenAI-compatible server: MODEL=export-dir|file.gguf (CPU, llama.cpp; pip install -e '.[serve]') or adapter|dir (GPU, vLLM) [ARGS="--port 8000"]
+serve: $(STAMP) ## OpenAI-compatible server: MODEL=export-dir|file.gguf (CPU, llama.cpp; make serve-install first) or adapter|dir (GPU, vLLM) [ARGS="--port 8000"]
 	$(PY) -m deploy.serve $(if $(MODEL),--model_name_or_path $(MODEL)) $(ARGS)
+
+# The serve extra compiles llama.cpp from source, which takes long on a CPU: say so before, and let
+# pip show the compiler's progress (-v) instead of a spinner that stays silent for half an hour.
+serve-install: $(STAMP) ## install the serve extra for `make serve` on a CPU: compiles llama.cpp once, showing its progress
+	@echo "[serve-install] compiling llama.cpp for the serve extra: 20 to 41 min on 2 cores (README, Serve); its progress follows"
+	$(VENV)/bin/pip install -v -e '.[serve]'

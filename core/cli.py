@@ -22,9 +22,14 @@ class UserError(Exception):
 
 def run_cli(main, argv: list[str] | None = None) -> None:
     """Run a recipe's `main(argv)`, turning user mistakes into one clear line and exit code 2. On a
-    CPU it first sets the thread count to the cores other jobs leave free (`core.threads`)."""
+    CPU it first sets the thread count to the cores other jobs leave free (`core.threads`).
+
+    It also filters the known-harmless third-party lines (`core.noise`) for the commands that do
+    not start with `core.boot` (export, serve, plots, data reports); a no-op after core.boot."""
+    from core.noise import quiet_known_noise
     from core.threads import apply_cpu_threads
 
+    quiet_known_noise()
     try:
         apply_cpu_threads()
         main(argv)

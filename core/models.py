@@ -139,7 +139,9 @@ def load_model_and_tokenizer(margs: ModelArguments, seed: int = 42, for_training
             model = PeftModel.from_pretrained(model, name, is_trainable=for_training)
         elif not for_training:
             model.requires_grad_(False)
-        print(f"[model] continuing the LoRA adapter from {name}")
+        # "continuing" only when it trains: eval and chat load adapters too, and must not say so.
+        print(f"[model] continuing the LoRA adapter from {name}" if for_training
+              else f"[model] with the LoRA adapter {name} (frozen: inference only)")
     elif margs.use_peft and for_training:
         model = _attach_lora(margs, model, seed)
     if for_training:

@@ -2,7 +2,8 @@
 
 `prepare_output_dir` refuses a folder that holds a run (unless resuming), `write_run_info` records
 the resolved config, versions, git revision and precision, `JsonlMetricsCallback` appends every
-logged step to metrics.jsonl, `save_final` writes the adapter (or model) and the merged copy.
+logged step to metrics.jsonl (core/console.py gives the console one short line per step instead),
+`save_final` writes the adapter (or model) and the merged copy.
 """
 
 from __future__ import annotations

@@ -9,6 +9,13 @@ A source is one of:
 - a Hugging Face hub id, optionally with a configuration and a revision:
   ``owner/name``, ``owner/name:config``, ``owner/name@revision``, ``owner/name:config@revision``.
 
+A string is a hub id only if it looks like one (`core.sources.looks_like_hub_id`): one slash, no
+file extension (``.csv``, and a misspelt ``.cvs`` too), not an existing path, and no local folder
+named like its owner. Anything else is a local path, read without a network call: a path that does
+not exist fails at once, naming the closest existing files ("did you mean
+data/fixtures/bai_toan.csv?"); the training and evaluation commands check this before they import
+torch (core/boot.py).
+
 Text files may start with a UTF-8 byte-order mark and use Windows line ends (CRLF), as files saved
 by Excel or Notepad do. Every text value (and every column name) is NFC-normalised on the way in:
 Vietnamese copied from some sources arrives decomposed ("ạ" as "a" + a combining dot), which looks
@@ -41,6 +48,7 @@ from typing import Any
 
 from core.cli import UserError
 from core.files import write_jsonl_atomic
+from core.sources import looks_like_hub_id, missing_path_message
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
@@ -89,8 +97,14 @@ def nfc(value: Any) -> Any:
 
 # ------------------------------------------------------------------------------------ sources
 def is_local(source: str) -> bool:
-    """True when `source` names a local file or directory (or looks like a file) rather than a hub id."""
-    return os.path.exists(source) or Path(source).suffix.lower() in LOCAL_SUFFIXES
+    """True when `source` is a local path (existing or not) rather than a hub id
+    (`core.sources.looks_like_hub_id`)."""
+    return not looks_like_hub_id(source)
+
+
+def missing_path_error(source: str) -> DataError:
+    """The one-line error for a local path that does not exist, with the closest existing names."""
+    return DataError(missing_path_message(source))
 
 
 def parse_hub_id(source: str) -> tuple[str, str | None, str | None]:
@@ -142,8 +156,7 @@ def read_rows(source: str, split: str = "train", data_files: dict[str, str] | No
                             "(no state.json or dataset_dict.json); give a data file or such a directory")
         return _read_saved(path, split)
     if not path.is_file():
-        raise DataError(f"data file not found: {source} (give an existing .jsonl/.json/.csv/.tsv/.parquet "
-                        "file, a save_to_disk directory or a hub id)")
+        raise missing_path_error(source)
     kind = LOCAL_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"unsupported data file type {path.suffix!r} for {source}: "

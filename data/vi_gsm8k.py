@@ -247,7 +247,7 @@ def check_layout(present: set[str], source: str) -> None:
 def read_raw_rows(source: str = DEFAULT_SOURCE, split: str = "train") -> list[Row]:
     """The unprocessed records of one split, each with its line or index (see `data.common.read_rows`)."""
     data_files = None
-    if parse_hub_id(source)[0] == DEFAULT_SOURCE and not is_local(source):
+    if not is_local(source) and parse_hub_id(source)[0] == DEFAULT_SOURCE:  # a local path is never parsed as an id
         if split not in HUB_DATA_FILES:
             raise DataError(f"{source} has splits {sorted(HUB_DATA_FILES)}, not {split!r}")
         data_files = {split: HUB_DATA_FILES[split]}

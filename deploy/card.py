@@ -14,12 +14,18 @@ from typing import Any
 
 from deploy.models import ModelSource, lineage, run_config, run_dir_of
 
-# Settings worth a line on a card, when the run's config has them.
-CARD_SETTINGS = ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
-                 "gradient_accumulation_steps", "num_generations", "beta", "loss_type", "reward_funcs",
-                 "reward_weights", "lora_r", "lora_alpha", "load_in_4bit", "max_completion_length", "temperature",
-                 "seed")
+# Settings worth a line on a card, when the run's config has them (key, how the card names it). The
+# run's length is not among them: `training_length` says what was trained and which budget ended it.
+CARD_SETTINGS = (("learning_rate", "learning_rate"), ("per_device_train_batch_size", "per_device_train_batch_size"),
+                 ("gradient_accumulation_steps", "gradient_accumulation_steps"),
+                 ("num_generations", "num_generations"), ("beta", "beta"), ("loss_type", "loss_type"),
+                 ("reward_funcs", "reward_funcs"), ("reward_weights", "reward_weights"), ("lora_r", "lora_r"),
+                 ("lora_alpha", "lora_alpha"), ("load_in_4bit", "load_in_4bit"),
+                 ("max_completion_length", "max_completion_length"),
+                 ("temperature", "temperature (sampling while training)"), ("seed", "seed"))
 SCORE_KEYS = ("accuracy", "accuracy_strict", "format_rate", "mean_completion_tokens", "rouge1", "sacrebleu")
+# The chat page's sampling (deploy/chat.py), named on the card and in the Modelfile as the other choice.
+CHAT_SAMPLING = {"temperature": 0.7, "top_p": 0.95}
 
 
 def root_base(chain: list[dict[str, Any]]) -> str:
@@ -57,8 +63,77 @@ def find_eval_scores(source: ModelSource, extra: list[str] | None = None) -> lis
         settings = data.get("settings") or {}
         scores.append({"file": str(file), "run_name": data.get("run_name"), "dataset": settings.get("dataset"),
                        "n": data.get("n"), "decoding": settings.get("decoding"),
+                       "temperature": settings.get("temperature"), "top_p": settings.get("top_p"),
                        **{k: data[k] for k in SCORE_KEYS if isinstance(data.get(k), (int, float))}})
     return scores
+
+
+def generation_settings(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """The decoding an export should default to: the one its `make eval` scores were measured with,
+    so that a user of the export gets the model that was scored. Greedy when nothing was measured
+    (`make eval`'s default) or when the scores disagree and one of them is greedy.
+
+    Returns {"temperature", "top_p" (None for greedy), "why"}."""
+    measured = [s for s in scores if s.get("decoding")]
+    sampled = {(s["temperature"], s["top_p"]) for s in measured
+               if s["decoding"] != "greedy" and isinstance(s.get("temperature"), (int, float))}
+    if not measured:
+        return {"temperature": 0.0, "top_p": None,
+                "why": "no `make eval` scores were found for this model, and greedy decoding is `make eval`'s default"}
+    greedy = [s for s in measured if s["decoding"] == "greedy"]
+    if greedy:
+        which = "greedy decoding" if len(greedy) == len(measured) else "greedy decoding (and also sampled)"
+        return {"temperature": 0.0, "top_p": None, "why": f"`make eval` scored this model with {which}"}
+    if len(sampled) != 1:
+        return {"temperature": 0.0, "top_p": None,
+                "why": "`make eval` scored this model with several sampling settings; greedy is its default"}
+    temperature, top_p = sampled.pop()
+    return {"temperature": float(temperature), "top_p": top_p,
+            "why": f"`make eval` scored this model sampling at temperature {temperature:g}, top_p {top_p:g}"}
+
+
+def trained_length(path: str) -> tuple[int | None, float | None]:
+    """(optimizer steps, epochs) the model at `path` was trained for: a checkpoint's trainer_state.json,
+    else the last step its run logged to metrics.jsonl; (None, None) when neither is there."""
+    state = Path(path) / "trainer_state.json"
+    if state.is_file():
+        try:
+            data = json.loads(state.read_text(encoding="utf-8"))
+            return data.get("global_step"), data.get("epoch")
+        except (OSError, ValueError):
+            pass
+    folder = run_dir_of(path)
+    if folder is None or not (folder / "metrics.jsonl").is_file():
+        return None, None
+    steps, epoch = None, None
+    for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if isinstance(row.get("step"), int):
+            steps = max(steps or 0, row["step"])
+        if isinstance(row.get("epoch"), (int, float)):
+            epoch = row["epoch"]
+    return steps, epoch
+
+
+def training_length(path: str, config: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The card's rows about how long the run trained: the steps it took, and the budget that ended
+    it - `max_steps` when set (then `num_train_epochs` never applied and is not shown), PPO's
+    `total_episodes`, else the epoch budget with the epochs trained."""
+    steps, epoch = trained_length(path)
+    rows: list[tuple[str, Any]] = [("steps trained", steps)] if steps is not None else []
+    max_steps = config.get("max_steps")
+    if isinstance(max_steps, int) and max_steps > 0:
+        rows.append(("max_steps (the budget)", max_steps))
+    elif config.get("total_episodes"):
+        rows.append(("total_episodes (the budget)", config["total_episodes"]))
+    elif config.get("num_train_epochs") is not None:
+        rows.append(("num_train_epochs (the budget)", config["num_train_epochs"]))
+        if epoch is not None:
+            rows.append(("epochs trained", round(epoch, 2)))
+    return rows
 
 
 def model_card(source: ModelSource, record: dict[str, Any], repo_id: str | None = None) -> str:
@@ -94,7 +169,8 @@ def model_card(source: ModelSource, record: dict[str, Any], repo_id: str | None 
         lines.append(f"| {entry.get('kind', '')} | {shown} | {entry.get('recipe') or ''} | {entry.get('dataset') or ''} |")
     if config:
         lines += ["", "## Training settings (last run)", "", "| key | value |", "| --- | --- |"]
-        lines += [f"| {k} | {config[k]} |" for k in CARD_SETTINGS if k in config]
+        lines += [f"| {name} | {value} |" for name, value in training_length(source.name, config)]
+        lines += [f"| {name} | {config[k]} |" for k, name in CARD_SETTINGS if k in config]
         if config.get("system_prompt") is not None:
             lines += ["", "System prompt used in training (use the same one):", "", "```text",
                       config["system_prompt"] or "(none)", "```"]
@@ -107,6 +183,7 @@ def model_card(source: ModelSource, record: dict[str, Any], repo_id: str | None 
                          f"{_num(s.get('accuracy'))} | {_num(s.get('accuracy_strict'))} | {_num(s.get('format_rate'))} |")
     else:
         lines.append("No `make eval` results were found for this model; run `make eval MODEL=...` before exporting.")
+    lines += ["", "## Generation settings", "", *_generation_lines(record.get("generation"), fmt)]
     lines += ["", "Export reload check (greedy decoding of fixed Vietnamese prompts, export vs source):", ""]
     for check in record.get("checks", []):
         lines.append(f"- {check['step']}: {check['identical']}/{check['prompts']} prompts identical, "
@@ -114,6 +191,20 @@ def model_card(source: ModelSource, record: dict[str, Any], repo_id: str | None 
                      f"{'passed' if check['passed'] else 'FAILED'}")
     lines += ["", "## Use it", ""] + _usage(fmt, record, repo_id)
     return "\n".join(lines) + "\n"
+
+
+def _generation_lines(generation: dict[str, Any] | None, fmt: str) -> list[str]:
+    """What the card says about decoding: the setting that matches the scores, and the other one."""
+    generation = generation or generation_settings([])
+    where = " The Modelfile uses it." if fmt == "gguf" else ""
+    if generation["top_p"] is None:
+        chosen = "greedy decoding (temperature 0)"
+    else:
+        chosen = f"sampling at temperature {generation['temperature']:g}, top_p {generation['top_p']:g}"
+    other = ("Sampling (the chat page's temperature {temperature}, top_p {top_p}) gives more varied replies, "
+             "which were not what was scored.").format(**CHAT_SAMPLING) if generation["top_p"] is None else \
+        "Greedy decoding (temperature 0) gives the single most likely reply."
+    return [f"Use {chosen}: {generation['why']}.{where} {other}"]
 
 
 def _num(value: Any) -> str:
@@ -163,11 +254,12 @@ def is_chatml(tokenizer) -> bool:
         return False
 
 
-def modelfile(gguf_name: str, tokenizer, system_prompt: str, temperature: float = 0.7, top_p: float = 0.95) -> str:
+def modelfile(gguf_name: str, tokenizer, system_prompt: str, generation: dict[str, Any] | None = None) -> str:
     """An Ollama Modelfile beside the GGUF: ChatML template and stop tokens (when the model's
     template is ChatML; the bare prompt for a model without a chat template; otherwise Ollama
-    reads the template stored in the GGUF), the recipe's system prompt, and the chat page's
-    default sampling."""
+    reads the template stored in the GGUF), the recipe's system prompt, and the decoding the
+    model's scores were measured with (`generation_settings`; greedy when none were found), with
+    the other choice in a comment."""
     lines = ["# Ollama: ollama create <name> -f Modelfile && ollama run <name>", f"FROM ./{gguf_name}", ""]
     if tokenizer.chat_template is None:
         lines += ["# No chat template: a plain language model that continues the prompt's text.",
@@ -182,7 +274,16 @@ def modelfile(gguf_name: str, tokenizer, system_prompt: str, temperature: float 
         lines += [f'PARAMETER stop "{s}"' for s in stops]
     else:
         lines.append("# The chat template is not ChatML: Ollama uses the one stored in the GGUF file.")
-    lines += [f"PARAMETER temperature {temperature}", f"PARAMETER top_p {top_p}"]
+    generation = generation or generation_settings([])
+    lines.append("")
+    if generation["top_p"] is None:
+        lines += [f"# Greedy decoding: {generation['why']}.",
+                  f"# For sampled replies instead: PARAMETER temperature {CHAT_SAMPLING['temperature']} and "
+                  f"PARAMETER top_p {CHAT_SAMPLING['top_p']}.",
+                  "PARAMETER temperature 0"]
+    else:
+        lines += [f"# Sampling: {generation['why']}. For greedy replies instead: PARAMETER temperature 0.",
+                  f"PARAMETER temperature {generation['temperature']:g}", f"PARAMETER top_p {generation['top_p']:g}"]
     if system_prompt.strip():
         lines += ["", f'SYSTEM """{system_prompt}"""']
     return "\n".join(lines) + "\n"

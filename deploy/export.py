@@ -42,7 +42,7 @@ from huggingface_hub import HfApi
 from core.cli import ArgumentParser, UserError
 from core.files import staged_directory, write_json_atomic, write_text_atomic
 from deploy import llamacpp
-from deploy.card import find_eval_scores, model_card, modelfile
+from deploy.card import find_eval_scores, generation_settings, model_card, modelfile
 from deploy.models import ModelSource, recipe_system_prompt, resolve_model, slug
 
 FORMATS = ("merged", "gguf", "adapter")
@@ -114,12 +114,15 @@ def export(args: argparse.Namespace) -> Path:
                             "--system_prompt does not apply to it; leave it out")
         system_prompt = ""
     messages = verify.check_messages(system_prompt)
+    # The export's decoding (Modelfile, card) is the one its scores were measured with.
+    eval_scores = find_eval_scores(source, args.eval_metrics)
+    generation = generation_settings(eval_scores)
     n_tokens = args.check_tokens
     times: dict[str, float] = {}
     checks: list[dict[str, Any]] = []
     record: dict[str, Any] = {"name": out.name, "format": args.format, "quant": quant,
                               "source": source.name, "source_kind": source.kind, "base": source.base,
-                              "system_prompt": system_prompt}
+                              "system_prompt": system_prompt, "generation": generation}
     print(f"[export] {source.describe()} -> {out} ({args.format}{' ' + quant if quant else ''})", flush=True)
 
     def timed(step: str, fn, *a, **kw):
@@ -181,13 +184,13 @@ def export(args: argparse.Namespace) -> Path:
             del model
             if hf_dir != Path(source.name):
                 shutil.rmtree(hf_dir)
-            write_text_atomic(stage / "Modelfile", modelfile(gguf_name, tokenizer, system_prompt))
+            write_text_atomic(stage / "Modelfile", modelfile(gguf_name, tokenizer, system_prompt, generation))
             record.update(converter=llamacpp.SDIST_REQUIREMENT, gguf_file=gguf_name)
         verify.release()
         times["check"] = round(sum(c["seconds"] for c in checks), 2)  # plus "reference": the source's run
         record.update(checks=checks, times_s=times, files=file_sizes(stage),
                       total_bytes=sum(f["bytes"] for f in file_sizes(stage)),
-                      eval_scores=find_eval_scores(source, args.eval_metrics),
+                      eval_scores=eval_scores,
                       created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         print_checks(checks)
         failed = [c for c in checks if not c["passed"]]

@@ -6,7 +6,7 @@
 
 Engines (this module only builds their command line and runs it):
 - **llama.cpp** (CPU): `python -m llama_cpp.server` from the `serve` extra
-  (`pip install -e '.[serve]'`, which compiles llama.cpp: about 20 min on 2 cores). MODEL is a
+  (`make serve-install`, which compiles llama.cpp once and shows its progress). MODEL is a
   `.gguf` file or a `make export FORMAT=gguf` folder; the chat template is the one stored in the
   GGUF. A Hugging Face model or adapter on a machine without a GPU is refused with the export
   command to run first.
@@ -107,11 +107,10 @@ def check_engine(engine: str) -> None:
         else:
             import vllm  # noqa: F401
     except ImportError:
-        extra = "serve" if engine == "llama-cpp" else "vllm"
-        raise UserError(
-            f"the {engine} engine is not installed: pip install -e '.[{extra}]'"
-            + (" (compiles llama.cpp: about 20 min on 2 cores)" if extra == "serve" else "")
-        ) from None
+        if engine == "llama-cpp":
+            raise UserError("the llama-cpp engine is not installed: run `make serve-install` once (it compiles "
+                            "llama.cpp, 20 to 41 min on 2 cores, and shows the compiler's progress)") from None
+        raise UserError(f"the {engine} engine is not installed: pip install -e '.[vllm]'") from None
 
 
 def run(cmd: list[str]) -> int:

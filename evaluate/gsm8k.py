@@ -655,6 +655,7 @@ def make_training_eval_callback(
     """
     from transformers import TrainerCallback
 
+    from core.console import console
 
     prompts, golds, questions, settings, path = _check_problems(
         dataset, "the training eval dataset", output_dir, limit, max_new_tokens, batch_size)
@@ -670,8 +671,9 @@ def make_training_eval_callback(
                 return
             metrics, seconds = _score_now(model, tokenizer, prompts, golds, questions, settings)
             logs = _record(path, state, metrics, seconds, prefix)
-            print(f"[eval] step {state.global_step}: accuracy {metrics['accuracy']:.3f}, "
-                  f"format {metrics['format_rate']:.3f} on {metrics['n']} held-out problems ({seconds:.1f}s)")
+            # Above the progress bar, not into it; the console logger leaves these rows to this line.
+            console(f"[eval] step {state.global_step}: accuracy {metrics['accuracy']:.3f}, "
+                    f"format {metrics['format_rate']:.3f} on {metrics['n']} held-out problems ({seconds:.1f}s)")
             state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
             if self.trainer is not None:
                 self.trainer.callback_handler.on_log(args, state, control, logs)
@@ -781,6 +783,7 @@ def make_target_stop_callback(
     """
     from transformers import TrainerCallback
 
+    from core.console import console
 
     if metric not in TARGET_METRICS:
         raise ValueError(f"target metric must be one of {', '.join(TARGET_METRICS)}, got {metric!r}")
@@ -819,7 +822,7 @@ def make_target_stop_callback(
             elif flat:
                 line += (f"; no rise above {plateau.best:.3f} (step {plateau.best_step}) for {plateau.patience} "
                          "checks, training stops here")
-            print(line, flush=True)
+            console(line)
             state.log_history.append({**logs, "step": state.global_step})
             if reached:
                 self.reached_at = state.global_step

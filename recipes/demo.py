@@ -529,14 +529,35 @@ def sft_accuracy_on_training_subset(out: Path) -> tuple[float, int] | None:
     return (sum(hits) / len(hits), len(hits)) if hits else None
 
 
-def plot_curve(out: Path) -> Path:
+def plot_curve(out: Path, metrics: dict[str, dict[str, Any]] | None = None) -> Path:
     """grpo_curve.png: training reward per step (and its running mean) and the held-out accuracy
-    measured at each checkpoint, from the SFT model's at step 0 - `make plot`'s overview picture."""
+    measured at each checkpoint, from the SFT model's at step 0 - `make plot`'s overview picture.
+
+    The checkpoint curve counts a subset of the held-out problems (`eval_limit`), the table all of
+    them, so the two disagree at step 0. With the table's `metrics`, its SFT and GRPO greedy
+    accuracies are drawn too, as squares at step 0 and at GRPO's last step, and the legend says
+    which problems each counts."""
     from evaluate.plots import load_run, plot_overview
 
     run = load_run(out / "grpo", label="grpo")
     start = sft_accuracy_on_training_subset(out)
-    return plot_overview([run], out / CURVE, start={"grpo": start} if start else None, start_label="the SFT model")
+    table = None
+    if metrics and "sft" in metrics and "grpo" in metrics:
+        points = [(0, greedy_of(metrics["sft"])), (run.last_step, greedy_of(metrics["grpo"]))]
+        table = {"grpo": (points, metrics["sft"]["n"])}
+    return plot_overview([run], out / CURVE, start={"grpo": start} if start else None, start_label="the SFT model",
+                         table=table)
+
+
+def curve_note(out: Path, metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """The sentence under the picture: which problems its points count, and the table's."""
+    start = sft_accuracy_on_training_subset(out)
+    if start is None:
+        return []
+    n_all = metrics["sft"]["n"]
+    return [f"The curve's points count the same {start[1]} of the {n_all} held-out problems at every checkpoint "
+            f"(step 0: the SFT model, {start[0]:.3f} on them); the squares are the table's accuracies on all "
+            f"{n_all} ({greedy_of(metrics['sft']):.3f} before GRPO, {greedy_of(metrics['grpo']):.3f} after)."]
 
 
 def plot_rows(out: Path, by_set: dict[str, dict[str, dict[str, Any]]]) -> Path:
@@ -725,7 +746,7 @@ def write_report(out: Path, state: dict[str, Any]) -> tuple[str, list[str], Path
     sft, grpo = predictions(out, "sft"), predictions(out, "grpo")
     fixed = sum(1 for q in sft if q in grpo and greedy_answer(grpo[q])[1] and not greedy_answer(sft[q])[1])
     broke = sum(1 for q in sft if q in grpo and greedy_answer(sft[q])[1] and not greedy_answer(grpo[q])[1])
-    plot_curve(out)
+    plot_curve(out, by_set["test"])
     plot_rows(out, by_set)
     compute_lines, compute_summary = compute_section(out, state)
     stop = sft_stop(out)
@@ -775,7 +796,7 @@ def write_report(out: Path, state: dict[str, Any]) -> tuple[str, list[str], Path
         parts.append(f"- SFT: {stop}.")
     parts += filter_lines(out)
     parts += ["", "## Machine", "", *machine_lines(out, state), f"- torch's CPU kernels: {torch_isa(out) or '?'}.", "",
-              f"![GRPO reward and held-out accuracy]({CURVE})", "",
+              f"![GRPO reward and held-out accuracy]({CURVE})", "", *curve_note(out, by_set["test"]), "",
               "## Stages", "",
               "| stage | time | CPU time | threads | load (1 min, start / end) | command |",
               "|---|---|---|---|---|---|"]

@@ -37,6 +37,7 @@ from trl import DPOConfig, DPOTrainer
 from core.adapters import adapter_base
 from core.cli import UserError, run_cli
 from core.config import ModelArguments, RunArguments, parse_args
+from core.console import compact_console
 from core.guard import TrainingGuard
 from core.models import load_model_and_tokenizer, load_tokenizer
 from core.runs import JsonlMetricsCallback, prepare_output_dir, save_final, write_run_info
@@ -140,6 +141,7 @@ def run_sft_pass(model, tokenizer, train, pargs: PreferenceArguments, targs: DPO
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=sft_on_chosen(train), processing_class=tokenizer,
                          callbacks=[JsonlMetricsCallback(str(out / "sft")), TrainingGuard()])
+    compact_console(trainer, str(out / "sft"))
     print(f"[sft] {pargs.sft_first_steps} steps on the chosen answers before DPO")
     trainer.train()
     adapter = out / "sft" / "adapter"
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         callbacks=[JsonlMetricsCallback(str(out)), TrainingGuard(what="the policy")],
     )
+    compact_console(trainer, str(out))  # one short console line per step; the full dict goes to metrics.jsonl
     is_lora = isinstance(trainer.model, PeftModel)
     if is_lora:
         settle_reference(trainer.model, starting_adapter, checkpoint)

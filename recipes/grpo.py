@@ -33,6 +33,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from core.cli import UserError, run_cli
 from core.config import LAST_PARSE, ModelArguments, RunArguments, parse_args
+from core.console import compact_console
 from core.guard import TrainingGuard
 from core.models import load_model_and_tokenizer, load_tokenizer
 from core.precision import has_cuda
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard(what="the policy"), guard],
     )
     attach_grpo_step_timer(trainer)  # time/generation, time/reward, ... per step in metrics.jsonl
+    compact_console(trainer)  # one short console line per step; the full dict goes to metrics.jsonl
     if eval_dataset is not None:
         trainer.add_callback(make_training_eval_callback(
             eval_dataset, tokenizer, training_args.output_dir, limit=script_args.eval_limit,

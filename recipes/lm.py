@@ -31,6 +31,7 @@ from trl import SFTConfig, SFTTrainer
 
 from core.cli import run_cli
 from core.config import ModelArguments, RunArguments, parse_args
+from core.console import compact_console
 from core.files import write_json_atomic as write_json
 from core.guard import TrainingGuard
 from core.models import load_model_and_tokenizer, load_tokenizer
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         callbacks=[JsonlMetricsCallback(targs.output_dir), TrainingGuard()],
     )
+    compact_console(trainer)  # one short console line per step; the full dict goes to metrics.jsonl
 
     # ---- train, with held-out perplexity before and after
     before = trainer.evaluate()["eval_loss"]

@@ -56,6 +56,7 @@ from trl.experimental.utils import get_reward
 from core.adapters import adapter_base, is_local_path
 from core.cli import UserError, run_cli
 from core.config import ModelArguments, RunArguments, parse_args
+from core.console import compact_console
 from core.files import write_json_atomic as write_json
 from core.guard import TrainingGuard
 from core.launch import current_launch
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         callbacks=callbacks,
     )
     attach_ppo_step_timer(trainer)  # time/rollout, time/update, ... per update in metrics.jsonl
+    compact_console(trainer)  # one short console line per update; the full dict goes to metrics.jsonl
     print(f"[ppo] {pargs.num_total_batches} updates of {pargs.batch_size} episodes, response length "
           f"{pargs.response_length}, kl_coef {pargs.kl_coef}, reference: "
           f"{'the policy with its LoRA adapter disabled' if ref_model is None else 'separate frozen copy'}")

@@ -40,6 +40,7 @@ from transformers import (
 from core.adapters import is_local_path
 from core.cli import UserError, run_cli
 from core.config import RunArguments, parse_args
+from core.console import compact_console
 from core.files import write_json_atomic as write_json
 from core.guard import TrainingGuard
 from core.runs import JsonlMetricsCallback, prepare_output_dir, write_run_info
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         compute_metrics=compute_metrics,
         callbacks=[JsonlMetricsCallback(targs.output_dir), TrainingGuard(what="the classifier")],
     )
+    compact_console(trainer)  # one short console line per step; the full dict goes to metrics.jsonl
     t0 = time.time()
     trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.time() - t0

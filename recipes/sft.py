@@ -26,6 +26,7 @@ from trl import SFTConfig, SFTTrainer
 
 from core.cli import UserError, run_cli
 from core.config import ModelArguments, RunArguments, parse_args
+from core.console import compact_console
 from core.guard import TrainingGuard
 from core.models import load_model_and_tokenizer, load_tokenizer
 from core.runs import JsonlMetricsCallback, prepare_output_dir, save_final, write_run_info
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard()],
     )
+    compact_console(trainer)  # one short console line per step; the full dict goes to metrics.jsonl
     target = None
     if checks:
         # Stop by a target, not a step count: the step where the format is learned moves with the

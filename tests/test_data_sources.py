@@ -3,17 +3,19 @@ bad rows with their line numbers, column mapping, GSM8K's own layout, bad_rows_o
 
 import csv
 import json
+import time
 import unicodedata
 
 import datasets
 import pytest
 
+from core.sources import looks_like_hub_id
 from data import common
 from data.common import DataError, parse_columns, parse_hub_id, read_rows, seeded_split
 from data.preference import load_preference
 from data.students_feedback import load_feedback
 from data.vi_gsm8k import load_vi_gsm8k, to_problem
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_entry
 
 ROWS = [
     {"question": "Lan có 12 quả táo, mua thêm 7 quả. Hỏi Lan có bao nhiêu quả?",
@@ -140,6 +142,56 @@ def test_hub_errors_are_one_line(monkeypatch):
     with pytest.raises(DataError, match=r"could not load 'an-org/x' .*reach the hub\). Offline\?") as err:
         load_vi_gsm8k("an-org/x")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("source, hub", [
+    ("hllj/vi_gsm8k", True),
+    ("an-org/toan-lop-5:vi@a1b2c3", True),
+    ("AI-MO/NuminaMath-1.5", True),                # a dot followed by a digit is part of a hub name
+    ("an-org/x@refs/pr/1", True),                  # a git revision may hold a slash
+    ("data/fixtures/bai_toan.cvs", False),         # more than one slash
+    ("an-org/bai_toan.cvs", False),                # a file extension, even a misspelt one
+    ("an-org/toan.jsonl", False),
+    ("data/bai_toan", False),                      # data/ is a folder here: a path missing its extension
+    ("bai_toan", False),                           # no owner: a hub id is owner/name
+    ("./hllj/vi_gsm8k", False), ("/abs/x", False), ("~/x/y", False), ("C:\\data\\x.csv", False),
+    ("data/fixtures/bai_toan.csv", False),         # exists
+])
+def test_a_string_is_a_hub_id_only_if_it_looks_like_one(source, hub):
+    assert looks_like_hub_id(source) is hub and common.is_local(source) is not hub
+
+
+@pytest.mark.parametrize("source, closest", [
+    ("data/fixtures/bai_toan.cvs", "data/fixtures/bai_toan.csv"),           # the issue's typo: only the close one
+    ("data/fixture/bai_toan.csv", "data/fixtures/bai_toan.csv"),            # a typo in the folder
+    ("data/fixtures/bai_toan", "data/fixtures/bai_toan.csv"),               # the extension left out
+    ("data/bai_toan.csv", "data/fixtures/bai_toan.csv"),                    # the right name in the wrong folder
+    ("./data/fixtures/vi_gsm8k_sample.josnl", "./data/fixtures/vi_gsm8k_sample.jsonl"),
+])
+def test_a_missing_local_file_names_the_closest_existing_one_without_the_hub(source, closest, monkeypatch):
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"{source} went to the hub")
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    with pytest.raises(DataError) as err:
+        load_vi_gsm8k(source)
+    assert str(err.value).startswith(f"data file not found: {source} (did you mean {closest}? ")
+    assert "\n" not in str(err.value)  # one suggestion (the "? " right after it), one line
+
+
+def test_a_misspelt_dataset_fails_before_the_imports(tmp_path):
+    """The issue's command: one error line naming the file beside it, in well under 2 s (no torch,
+    no Unsloth, no network: core/boot.py checks the path before importing them)."""
+    started = time.perf_counter()
+    proc = run_entry(["python", "-m", "recipes.grpo", "--config", "configs/grpo/tiny.yaml",
+                      "--dataset_name", "data/fixtures/bai_toan.cvs", "--output_dir", str(tmp_path / "x")], check=False)
+    seconds = time.perf_counter() - started
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "error: data file not found: data/fixtures/bai_toan.cvs (did you mean data/fixtures/bai_toan.csv? give an "
+        "existing .jsonl/.json/.csv/.tsv/.parquet file or a save_to_disk directory; a hub dataset is written owner/name)"]
+    assert seconds < 2, seconds
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("bom", [False, True])

@@ -105,6 +105,9 @@ def check_report(out, n_test, n_ood):
     for stage in STAGES:
         assert re.search(rf"^\| {stage} \| \S+ \| \S+ \| \d+[^|]* \| [\d.]+/[\d.]+ \| `python -m ", report, re.M), stage
     assert report.count("\n### ") == min(5, n_test)
+    # the curve counts a subset of the held-out problems, the table all: the report says which is which
+    assert re.search(rf"^The curve's points count the same \d+ of the {n_test} held-out problems .* the squares "
+                     rf"are the table's accuracies on all {n_test} ", report, re.M), report[:3000]
     for png in ("grpo_curve.png", "accuracy.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

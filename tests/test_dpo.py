@@ -2,12 +2,14 @@
 
 import json
 import random
+import re
 import shutil
 
 import pytest
 
 import core.boot  # noqa: F401  (Unsloth first, as in every entry point)
 from core.cli import UserError
+from core.noise import noise_lines
 from data.preference import FIXTURE
 from recipes import dpo
 from tests.conftest import ROOT, run_entry
@@ -26,8 +28,12 @@ def losses(path):
 
 def test_make_dpo_tiny_with_sft_pass_writes_the_run_and_resumes_exactly(tmp_path):
     out, results = tmp_path / "run", tmp_path / "eval"
-    run_entry(["make", "dpo", f"CONFIG={TINY}",
-               f"ARGS=--output_dir {out} --results_dir {results} --sft_first_steps 2"], env=ENV)
+    proc = run_entry(["make", "dpo", f"CONFIG={TINY}",
+                      f"ARGS=--output_dir {out} --results_dir {results} --sft_first_steps 2"], env=ENV)
+    # The console: the SFT pass's 2 steps, then DPO's 4, one short line each (the dicts are in metrics.jsonl).
+    steps = re.findall(r"^\[train\] step (\d)/(\d): loss [\d.]+, (token|reward) accuracy ", proc.stdout, re.M)
+    assert steps == [("1", "2", "token"), ("2", "2", "token")] + [(str(i), "4", "reward") for i in (1, 2, 3, 4)]
+    assert "{'" not in proc.stdout and not noise_lines(proc.stdout + proc.stderr)
 
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "sft" / "adapter" / "adapter_model.safetensors").is_file()

@@ -10,6 +10,7 @@ from conftest import ROOT, recorded, run_entry
 
 import core.boot  # noqa: F401  (Unsloth before transformers, as in every entry point)
 from core.cli import UserError
+from core.noise import noise_lines
 from evaluate.gsm8k import (
     VietnameseTokenizer,
     aggregate,
@@ -253,6 +254,7 @@ def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lor
                      env=ENV)
     assert "problems/s" in proc.stdout
     assert "[eval] Vietnamese: " in proc.stdout and "of the completions drift to another language" in proc.stdout
+    assert not noise_lines(proc.stdout + proc.stderr), noise_lines(proc.stdout + proc.stderr)
     base_dir = res / "base"
     preds = _read_jsonl(base_dir / "predictions.jsonl")
     assert len(preds) == 6
@@ -276,9 +278,11 @@ def test_make_eval_base_then_lora_sampled_builds_the_comparison(tiny_models, lor
     # on the test set and on a second one (loaded once).
     other = tmp_path / "other.jsonl"
     other.write_text("".join(open(FIXTURE, encoding="utf-8").readlines()[-3:]), encoding="utf-8")
-    run_entry(["python", "-m", "evaluate.gsm8k", "--model_name_or_path", str(lora_adapter), "--backend", "hf",
-               *common.split(), "--run_name", "lora", "--num_samples", "2", "--temperature", "1.0",
-               "--baseline", "lora", "--also_greedy", "true", "--extra_datasets", f"other={other}"], env=ENV)
+    proc = run_entry(["python", "-m", "evaluate.gsm8k", "--model_name_or_path", str(lora_adapter), "--backend", "hf",
+                      *common.split(), "--run_name", "lora", "--num_samples", "2", "--temperature", "1.0",
+                      "--baseline", "lora", "--also_greedy", "true", "--extra_datasets", f"other={other}"], env=ENV)
+    # Evaluation trains nothing and must not say it does.
+    assert f"with the LoRA adapter {lora_adapter}" in proc.stdout and "continuing" not in proc.stdout
     lora = _read_jsonl(res / "lora" / "predictions.jsonl")
     assert [p["question"] for p in lora] == [p["question"] for p in preds]
     assert all(len(p["samples"]) == 2 and "maj_pred" in p for p in lora)

@@ -20,7 +20,7 @@ import pytest
 from core.cli import UserError, run_cli
 from deploy import export as export_mod
 from deploy import llamacpp
-from deploy.card import is_chatml, modelfile
+from deploy.card import generation_settings, is_chatml, modelfile, training_length
 from deploy.gguf_convert import QWEN2_SPLIT, llama_cpp_rule, with_legacy_keys
 from deploy.verify import CHECK_QUESTIONS
 from tests.conftest import NO_DOWNLOAD_ENV, ROOT, run_entry
@@ -164,9 +164,10 @@ EXPORTS = [
     case("qwen2", "tiny/qwen2", "qwen2", "gguf", "q8_0", "8-bit"),
     case("qwen2_lora", "grpo-tiny/adapter", "qwen2", "gguf", "f16", "16-bit rounding"),
     case("qwen2_lora", "grpo-tiny/adapter", "qwen2", "gguf", "bf16", "exact"),
+    # The embedded model (llama, ~1 min a case on 2 cores): the architecture and its tokenizer
+    # through f16, and q8_0 through its LoRA below; bf16 and q8_0 of a full model are the same
+    # converter paths as the tiny models' above.
     case("llama", "embedded", "llama", "gguf", "f16", "exact"),
-    case("llama", "embedded", "llama", "gguf", "bf16", "exact"),
-    case("llama", "embedded", "llama", "gguf", "q8_0", "8-bit"),
     case("llama_lora", "embedded-lora", "llama", "merged", None, "16-bit rounding"),
     case("llama_lora", "embedded-lora", "llama", "adapter", None, "exact"),
     case("llama_lora", "embedded-lora", "llama", "gguf", "q8_0", "8-bit"),
@@ -308,6 +309,37 @@ def test_modelfile_contents(tiny_models):
     assert not is_chatml(tokenizer)
     other = modelfile("m.gguf", tokenizer, "")
     assert "TEMPLATE" not in other and "PARAMETER stop" not in other and "not ChatML" in other
+    # Decoding: greedy unless the model was scored sampling (generation_settings), the other choice in a comment.
+    assert "PARAMETER temperature 0" in lines and not any(line.startswith("PARAMETER top_p") for line in lines)
+    assert any(line.startswith("# For sampled replies instead: PARAMETER temperature 0.7") for line in lines)
+    sampled = modelfile("m.gguf", tokenizer, "", generation_settings(
+        [{"decoding": "sampled T=0.7 top_p=0.95 k=4", "temperature": 0.7, "top_p": 0.95}])).splitlines()
+    assert "PARAMETER temperature 0.7" in sampled and "PARAMETER top_p 0.95" in sampled
+
+
+@pytest.mark.parametrize("config, rows", [
+    # max_steps ended the run: the epoch budget (TrainingArguments' default 3.0) is not shown
+    ({"max_steps": 60, "num_train_epochs": 3.0}, [("steps trained", 4), ("max_steps (the budget)", 60)]),
+    # an epoch budget: the epochs asked for and the epochs trained
+    ({"max_steps": -1, "num_train_epochs": 2.0}, [("steps trained", 4), ("num_train_epochs (the budget)", 2.0),
+                                                  ("epochs trained", 0.13)]),
+    # PPO's length is its episodes
+    ({"max_steps": -1, "num_train_epochs": 3.0, "total_episodes": 16},
+     [("steps trained", 4), ("total_episodes (the budget)", 16)]),
+])
+def test_the_card_describes_how_long_the_run_trained(tmp_path, config, rows):
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text("x: 1\n")
+    (run / "run_info.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "epoch": s / 30}) + "\n" for s in range(1, 5))
+                                       + '{"step": 4, "train_runtime": 1.0}\n{"step": 5, "lo')  # a line being written
+    assert training_length(str(run / "adapter"), config) == rows
+    # A checkpoint folder: its own trainer_state.json
+    ckpt = run / "checkpoint-2"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 2, "epoch": 0.07}))
+    assert training_length(str(ckpt), config)[0] == ("steps trained", 2)
 
 
 def test_push_to_hub_uploads_the_folder_with_a_real_card(project, tmp_path, monkeypatch):
@@ -327,7 +359,10 @@ def test_push_to_hub_uploads_the_folder_with_a_real_card(project, tmp_path, monk
     run = project / "runs/grpo-tiny"
     (run / "config.yaml").write_text("model_name_or_path: runs/tiny/qwen2\ndataset_name: hllj/vi_gsm8k\n"
                                      "learning_rate: 5.0e-06\nlora_r: 4\nreward_funcs: [correctness, format]\n"
-                                     "system_prompt: ''\n")
+                                     "system_prompt: ''\nmax_steps: 4\nnum_train_epochs: 3.0\ntemperature: 1.0\n")
+    # The run stopped by max_steps after 4 of its 3 epochs' steps (TrainingArguments' default epochs).
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "epoch": s / 30, "loss": 0.1}) + "\n"
+                                               for s in range(1, 5)))
     (run / "run_info.json").write_text(json.dumps({"command": [str(ROOT / "recipes/grpo.py"), "--config", "x"]}))
     eval_dir = project / "runs/eval/grpo"
     eval_dir.mkdir(parents=True)
@@ -346,6 +381,12 @@ def test_push_to_hub_uploads_the_folder_with_a_real_card(project, tmp_path, monk
     assert "None" not in card.split("## Use it")[0]  # TRL's "fine-tuned version of [None]" is gone
     assert "datasets:\n- hllj/vi_gsm8k" in card and "- grpo" in card
     assert "| learning_rate | 5e-06 |" in card and "| grpo | hllj/vi_gsm8k | 100 | greedy | 0.670 | 0.600 | 0.990 |" in card
+    # The run as trained: its steps and the budget that ended it; the epoch budget never applied.
+    assert "| steps trained | 4 |" in card and "| max_steps (the budget) | 4 |" in card
+    assert "num_train_epochs" not in card and "| temperature (sampling while training) | 1.0 |" in card
+    # Decoding: the one the scores were measured with, and the other choice named.
+    assert "Use greedy decoding (temperature 0): `make eval` scored this model with greedy decoding." in card
+    assert "temperature 0.7, top_p 0.95" in card
     assert 'AutoPeftModelForCausalLM.from_pretrained("someone/vi-math-lora")' in card
     record = json.loads((out / "export.json").read_text())
     assert record["checks"][0]["expected"] == "exact" and record["checks"][0]["passed"]

@@ -245,6 +245,26 @@ def test_16bit_weights_computing_in_float32_give_the_float32_numbers(tiny_models
     assert {p.dtype for p in stored.parameters()} == {torch.bfloat16}  # put back after every call
 
 
+@pytest.mark.parametrize("free, stored_dtype", [(2**40, torch.float32), (0, torch.bfloat16)])
+def test_the_reload_check_upcasts_once_where_float32_fits(tiny_models, tmp_path, monkeypatch, free, stored_dtype):
+    """deploy/verify.py's reference: upcast once when a float32 copy fits in free memory (fast), else
+    16-bit weights computing in float32 module by module (small); the same numbers either way."""
+    from transformers import AutoModelForCausalLM
+
+    from deploy import verify
+
+    folder = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_models / "qwen2", dtype=torch.bfloat16).save_pretrained(folder)
+    monkeypatch.setattr(verify, "free_bytes", lambda device: free)
+    monkeypatch.setattr(verify, "_device", lambda: torch.device("cpu"))
+    model = verify.load_hf(folder)
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).float().eval()
+    assert {p.dtype for p in model.parameters()} == {stored_dtype}
+    ids = torch.tensor([[5, 9, 2, 7, 11, 3, 8]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=1e-5)
+
+
 def test_merge_refuses_a_quantized_base_and_an_existing_folder(tiny_models, tmp_path):
     adapter = _adapter(tiny_models, tmp_path)
     taken = tmp_path / "taken"

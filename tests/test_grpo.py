@@ -2,10 +2,12 @@
 user errors, the shipped configs, and a learning test."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from core.noise import noise_lines
 from tests.conftest import ROOT, run_entry
 
 THREADS = {"OMP_NUM_THREADS": "1"}
@@ -32,6 +34,15 @@ def test_grpo_trains_logs_rewards_refuses_a_used_dir_and_resumes(tmp_path):
     common = ["--output_dir", str(run_dir), "--save_steps", "1", "--beta", "0.04"]
     first = make_grpo(common + ["--max_steps", "2"])
     assert "[rewards] correctness x 1, format_soft x 0.2, tag_count x 0.1, length_penalty_40 x 0.5" in first.stdout
+    # The console: no known third-party noise, and one short line per logged step instead of the
+    # metrics dict (which goes, whole, to metrics.jsonl: checked below).
+    console = first.stdout + first.stderr
+    assert not noise_lines(console), noise_lines(console)
+    steps = re.findall(r"\[train\] step (\d+)/2: reward -?[\d.e+-]+, [\d.]+ s/step$", first.stdout, re.M)
+    assert steps == ["1", "2"], first.stdout[-3000:]
+    assert re.findall(r"\[eval\] step (\d): accuracy ", first.stdout) == ["1", "2"]
+    assert "'loss'" not in console and "{'" not in console
+    assert f"every metric is in {run_dir / 'metrics.jsonl'}" in first.stdout
 
     adapter = run_dir / "adapter"
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"):
@@ -41,7 +52,8 @@ def test_grpo_trains_logs_rewards_refuses_a_used_dir_and_resumes(tmp_path):
     rows = train_rows(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
-        for key in REWARD_KEYS + ["reward", "reward_std", "kl", "completions/mean_length", "frac_reward_zero_std"]:
+        for key in REWARD_KEYS + ["reward", "reward_std", "kl", "completions/mean_length", "frac_reward_zero_std",
+                                  "entropy", "grad_norm", "learning_rate", "time/generation", "step_seconds"]:
             assert isinstance(row[key], float), key
         assert 0 < row["completions/mean_length"] <= 24  # max_completion_length of the tiny config
     # The length penalty varies between completions of a random model: real gradients flowed.

@@ -6,11 +6,13 @@ import time
 
 import pytest
 
+from evaluate import plots
 from evaluate.plots import (
     PlotError,
     last_per_step,
     load_run,
     main,
+    plot_overview,
     plot_runs,
     read_jsonl_tolerant,
     summary_cell,
@@ -119,3 +121,26 @@ def test_default_folder_names_and_errors(tmp_path, capsys):
     assert main([str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_the_curve_and_the_table_say_which_problems_they_count(tmp_path, monkeypatch):
+    """The demo's picture: the checkpoint curve counts 50 held-out problems, the report's table all
+    200; both are drawn and the legend tells them apart (they disagree at step 0 otherwise)."""
+    run = load_run(grpo_run(tmp_path / "grpo"), label="grpo")
+    seen, save = {}, plots._save
+
+    def keep(fig, out):
+        held_out = fig.axes[1]
+        seen["legend"] = [t.get_text() for t in held_out.get_legend().get_texts()]
+        seen["lines"] = [(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in held_out.lines]
+        return save(fig, out)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    out = plot_overview([run], tmp_path / "curve.png", start={"grpo": (0.28, 50)}, start_label="the SFT model",
+                        table={"grpo": ([(0, 0.36), (12, 0.575)], 200)})
+    curve = "the same 50 of the 200 held-out problems,\nat each checkpoint (step 0: the SFT model)"
+    table = "all 200 held-out problems (the report's table)"
+    assert seen["legend"] == [curve, table]
+    assert seen["lines"][0][0] == curve and seen["lines"][0][1][0] == 0 and seen["lines"][0][2][0] == 0.28
+    assert seen["lines"][1] == (table, [0, 12], [0.36, 0.575])
+    assert out.read_bytes()[:8] == PNG_MAGIC

@@ -8,11 +8,13 @@ off) against a hand-set classifier. Both check that sampling from the trained po
 """
 
 import json
+import re
 
 import pytest
 import torch
 from conftest import recorded, run_entry
 
+from core.noise import noise_lines
 from data.students_feedback import FIXTURE, load_prompts
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -33,7 +35,11 @@ def test_make_lm_ppo_eval_chain_tiny(tmp_path, tiny_models):
     # The reward model is the tiny (untrained) classifier: its own tokenizer, no segmentation file.
     classifier = tiny_models / "classifier"
     ppo_args = f"--model_name_or_path {lm / 'model'} --reward_model {classifier} --output_dir {ppo}"
-    run_entry(["make", "-s", "ppo", "CONFIG=configs/ppo/tiny.yaml", f"ARGS={ppo_args} --total_episodes 16"], env=ENV)
+    proc = run_entry(["make", "-s", "ppo", "CONFIG=configs/ppo/tiny.yaml", f"ARGS={ppo_args} --total_episodes 16"],
+                     env={**ENV, "TRL_EXPERIMENTAL_SILENCE": ""})
+    # One line per update on the console, no metrics dict, no known third-party noise (core/noise.py).
+    assert re.findall(r"^\[train\] step (\d)/2: score ", proc.stdout, re.M) == ["1", "2"], proc.stdout[-3000:]
+    assert "{'" not in proc.stdout and not noise_lines(proc.stdout + proc.stderr)
     summary = json.loads((ppo / "metrics.json").read_text())
     assert summary["updates"] == 2 and summary["episodes"] == 16
     assert (ppo / "model" / "model.safetensors").is_file()

@@ -17,7 +17,7 @@ import pytest
 
 from core.cli import UserError
 from deploy import serve
-from tests.conftest import NO_DOWNLOAD_ENV, ROOT, child_env
+from tests.conftest import NO_DOWNLOAD_ENV, ROOT, child_env, run_entry
 from tests.test_chat import free_port
 
 
@@ -76,8 +76,19 @@ def test_refusals(model, engine, message, tiny_models, monkeypatch):
 def test_missing_engine_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     monkeypatch.setitem(sys.modules, "llama_cpp.server", None)
-    with pytest.raises(UserError, match=r"pip install -e '.\[serve\]' \(compiles llama.cpp"):
+    with pytest.raises(UserError, match=r"run `make serve-install` once \(it compiles llama.cpp, 20 to 41 min"):
         serve.check_engine("llama-cpp")
+
+
+def test_the_serve_build_says_how_long_first_and_shows_its_progress():
+    """`make serve-install`: a note with the time before the long compile, and pip's -v output (the
+    compiler's progress) instead of a silent spinner. The README gives the time once."""
+    dry = run_entry(["make", "-n", "serve-install"])
+    lines = [line for line in dry.stdout.splitlines() if "serve" in line]
+    assert lines[0].startswith("echo \"[serve-install] compiling llama.cpp") and "20 to 41 min" in lines[0]
+    assert lines[1].endswith("pip install -v -e '.[serve]'"), dry.stdout
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count("20 to 41 min") == 1 and "41 min on the shared" not in readme and "about 20 min" not in readme
 
 
 @pytest.mark.slow

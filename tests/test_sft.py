@@ -1,9 +1,11 @@
 """recipes/sft.py end to end through `make sft` on the tiny model: outputs, refusal, resume."""
 
 import json
+import re
 
 import pytest
 
+from core.noise import noise_lines
 from tests.conftest import ROOT, run_entry
 
 THREADS = {"OMP_NUM_THREADS": "1"}
@@ -21,6 +23,10 @@ def make_sft(args, check=True):
 def test_sft_trains_refuses_a_used_dir_and_resumes(tmp_path):
     run_dir = tmp_path / "sft"
     first = make_sft(["--output_dir", str(run_dir), "--max_steps", "2", "--save_steps", "1"])
+    # One short console line per step (SFT: the loss and the token accuracy), no dict, no known noise.
+    console = first.stdout + first.stderr
+    lines = re.findall(r"^\[train\] step (\d)/2: loss [\d.]+, token accuracy [\d.]+, [\d.]+ s/step$", first.stdout, re.M)
+    assert lines == ["1", "2"] and "{'" not in console and not noise_lines(console), first.stdout[-3000:]
 
     # Completion-only loss: the answers carry the loss, the prompts do not.
     share_line = next(line for line in first.stdout.splitlines() if line.startswith("[data] loss on"))

@@ -99,11 +99,11 @@ report_model = $(if $(filter embedded,$(MODEL)),$(or $(EMBEDDED),$(error core.em
 data-report: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## lengths, bad rows, duplicates, contamination -> runs/data-report/report.md: SOURCE=file|hub-id [TEST=file MODEL=embedded|dir|hub-id KIND=math|preference|feedback COLUMNS=question=cau_hoi,... OUT=dir]
 	$(PY) -m data.report --source '$(SOURCE)' --kind $(KIND) --out '$(or $(OUT),runs/data-report)' $(if $(TEST),--test '$(TEST)') $(if $(COLUMNS),--columns '$(COLUMNS)') $(if $(MODEL),--model_name_or_path '$(report_model)') $(ARGS)
 
-# Pass-rate filtering (data/pass_rate.py): K samples per training problem from the policy GRPO will
+# Pass-rate filtering (evaluate/pass_rate.py): K samples per training problem from the policy GRPO will
 # start from; keeps the problems it solves only sometimes (GRPO learns nothing from the others).
 # Train GRPO on OUT/kept.jsonl. MODEL=embedded samples the embedded SmolLM2; OUT is never overwritten.
 pass-rate: $(STAMP) $(if $(filter $(TINY)/%,$(MODEL)),$(TINY)/.complete) ## keep the problems a policy solves only sometimes -> OUT/kept.jsonl, report.json: MODEL=dir|adapter|hub-id|embedded SOURCE=file|hub-id [OUT=runs/pass-rate ARGS="--k 8 --temperature 1.0 --keep greedy_wrong"]
-	$(PY) -m data.pass_rate $(if $(MODEL),--model_name_or_path '$(report_model)') --dataset_name '$(SOURCE)' --output_dir '$(or $(OUT),runs/pass-rate)' $(ARGS)
+	$(PY) -m evaluate.pass_rate $(if $(MODEL),--model_name_or_path '$(report_model)') --dataset_name '$(SOURCE)' --output_dir '$(or $(OUT),runs/pass-rate)' $(ARGS)
 
 sft: $(STAMP) $(call tiny_dep,$(CONFIG)) ## SFT + chain-of-thought baseline: CONFIG=configs/sft/{qwen2.5-3b,tiny}.yaml [ARGS="--resume"]
 	$(LAUNCH) recipes.sft --config $(or $(CONFIG),configs/sft/qwen2.5-3b.yaml) $(ARGS)

@@ -25,7 +25,7 @@ What each run processed, from its `metrics.jsonl` (`core.runs.JsonlMetricsCallba
   optimizer steps out of step, or vLLM's importance-sampling correction) that is one more forward
   (2·N), and so is the reference model when `beta` != 0.
 - SFT (TRL 1.12): `num_tokens`, the cumulative non-padding tokens trained (6·N each).
-- pass-rate filtering (`data/pass_rate.py` report.json `tokens`): generation only (2·N).
+- pass-rate filtering (`evaluate/pass_rate.py` report.json `tokens`): generation only (2·N).
 
 Pure Python: no torch (the demo's orchestrator budgets its arms without importing it).
 """

@@ -29,7 +29,7 @@ with a bigger model:
                   accuracy on the dev problems stops rising (target_patience), max_steps a cap
     3. eval_sft   python -m evaluate.gsm8k --config configs/eval/demo.yaml ... sft/merged: greedy,
                   pass@8 and maj@8 on test.jsonl and (extra_datasets) test_ood.jsonl
-    4. pass_rate  python -m data.pass_rate: 8 samples of each of `--filter_limit` training problems
+    4. pass_rate  python -m evaluate.pass_rate: 8 samples of each of `--filter_limit` training problems
                   from the SFT model at GRPO's temperature; keeps those with 0 < pass rate < 1
     5. grpo       python -m recipes.grpo   --config configs/grpo/demo.yaml from sft/merged on
                   pass_rate/kept.jsonl (held-out accuracy on a subset at every checkpoint)
@@ -282,7 +282,7 @@ def plan(args: argparse.Namespace, out: Path, model: str) -> list[tuple[str, lis
                     "--top_p", str(setting("grpo", "top_p", grpo) or 1.0),
                     "--max_new_tokens", str(setting("grpo", "max_completion_length", grpo)),
                     "--k", str(setting("grpo", "num_generations", grpo))]
-        stages.append(("pass_rate", [py, "-m", "data.pass_rate", "--config", CONFIGS["filter"],
+        stages.append(("pass_rate", [py, "-m", "evaluate.pass_rate", "--config", CONFIGS["filter"],
                                      "--model_name_or_path", str(sft_model), "--dataset_name", str(grpo_data),
                                      "--limit", str(args.filter_limit), "--output_dir", str(out / "pass_rate"),
                                      *sampling, *args.filter_overrides], out / "pass_rate"))
@@ -711,7 +711,7 @@ def compute_section(out: Path, state: dict[str, Any]) -> tuple[list[str], dict[s
 
 def filter_lines(out: Path) -> list[str]:
     """The pass-rate filter's counts in the report."""
-    from data.pass_rate import report_lines
+    from evaluate.pass_rate import report_lines
 
     report = read_json(out / "pass_rate" / "report.json")
     if not report:

@@ -44,23 +44,20 @@ def check_numbers(report, recipes):
     assert report["versions"]["trl"] == "1.12.0" and report["device"].startswith("CPU")
 
 
-def test_bench_grpo_tiny_on_cpu(tmp_path, work):
-    proc, report, markdown = run_bench(tmp_path, work, "--recipes", "grpo")
-    check_numbers(report, ["grpo"])
-    assert "| tiny | 0.3M | grpo | unsloth |" in markdown and "| tiny | 0.3M | grpo | hf |" in markdown
+@pytest.mark.slow
+def test_bench_both_recipes_tiny_on_cpu(tmp_path, work):
+    """Both recipes on both backends (slow: four real runs; CI runs it)."""
+    proc, report, markdown = run_bench(tmp_path, work)
+    check_numbers(report, ["grpo", "dpo"])
+    for recipe in ("grpo", "dpo"):
+        assert f"| tiny | 0.3M | {recipe} | unsloth |" in markdown and f"| tiny | 0.3M | {recipe} | hf |" in markdown
+        assert f"[bench] tiny {recipe} hf: ok" in proc.stdout
     assert "Every hf run ran without importing Unsloth" in markdown
-    assert "[bench] tiny grpo hf: ok" in proc.stdout
     # Per-run logs and metrics are kept in --logs; adapters stay in the work directory.
     kept = {p.name for p in (tmp_path / "logs").rglob("*") if p.is_file()}
     assert kept == {"log.txt", "metrics.jsonl", "run_info.json"}
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [report["__stem"] + ".json",
                                                                           report["__stem"] + ".md"]
-
-
-@pytest.mark.slow
-def test_bench_both_recipes_tiny_on_cpu(tmp_path, work):
-    _, report, _ = run_bench(tmp_path, work)
-    check_numbers(report, ["grpo", "dpo"])
 
 
 def test_a_failed_run_is_reported_not_fatal(tmp_path, work):

@@ -119,6 +119,7 @@ def check_report(out, n_test, n_ood):
     return test_rows, summary
 
 
+@pytest.mark.slow  # every demo stage on the tiny model, twice over (~2 min): `make test-slow` (CI) runs it
 def test_quick_demo_writes_the_report_and_summary_refuses_to_clobber_and_resumes(tiny_models, tmp_path):
     out = tmp_path / "demo"
     args = ["--quick", "--model_name_or_path", str(tiny_models / "qwen2"), "--output_dir", str(out)]

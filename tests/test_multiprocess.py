@@ -48,6 +48,7 @@ def assert_one_writer(run_dir: Path, train_key: str) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow  # two processes of GRPO (~40 s on 2 cores): `make test-slow` (CI) runs it
 def test_grpo_two_processes_unsloth(tmp_path):
     run_dir = tmp_path / "grpo"
     proc = make_ddp("grpo", run_dir)

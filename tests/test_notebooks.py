@@ -160,6 +160,7 @@ def executed(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow  # three notebooks, ~2.5 min on 2 cores: `make test-slow` (CI) runs them
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom_on_tiny_models(name, executed):
     code, log, out, runs, _ = executed[name]

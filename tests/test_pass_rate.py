@@ -1,4 +1,4 @@
-"""Pass-rate filtering (data/pass_rate.py, `make pass-rate`): the band rules, the report's counts,
+"""Pass-rate filtering (evaluate/pass_rate.py, `make pass-rate`): the band rules, the report's counts,
 the files GRPO trains on, and the real entry point on the tiny model."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from core.cli import UserError
-from data.pass_rate import band, check_rule, keeps, outcome_row, summarize
+from evaluate.pass_rate import band, check_rule, keeps, outcome_row, summarize
 from tests.conftest import ROOT, run_entry
 
 FIXTURE = str(ROOT / "data" / "fixtures" / "vi_gsm8k_sample.jsonl")
@@ -90,8 +90,8 @@ def _scripted_generation(monkeypatch, answers):
 
 
 def test_filtering_keeps_the_band_writes_a_grpo_dataset_and_reports(tiny_models, tmp_path, monkeypatch):
-    from data.pass_rate import filter_problems
     from data.vi_gsm8k import load_vi_gsm8k
+    from evaluate.pass_rate import filter_problems
 
     problems = load_vi_gsm8k(FIXTURE, limit=15, seed=0)
     answers = dict(zip(problems["question"], problems["answer"], strict=True))

@@ -15,7 +15,7 @@ rates p = right / k:
     range         min_pass_rate <= p <= max_pass_rate
 
     make pass-rate MODEL=runs/sft/merged SOURCE=runs/data/train.jsonl [OUT=runs/pass-rate ARGS="--k 8"]
-    python -m data.pass_rate --config configs/eval/demo.yaml --model_name_or_path runs/demo/sft/merged \
+    python -m evaluate.pass_rate --config configs/eval/demo.yaml --model_name_or_path runs/demo/sft/merged \
         --dataset_name runs/demo/data/train.jsonl --k 8 --temperature 1.0 --output_dir runs/demo/pass_rate
 
 Sample as GRPO will (the same `temperature` and `top_p`, and `max_new_tokens` = its

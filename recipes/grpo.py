@@ -23,7 +23,7 @@ nothing), `completions/mean_length`, `completions/clipped_ratio`, `entropy`, `kl
 where the step's time went (`time/generation`, `time/reward`, ...: `core/timing.py`).
 
 Shared prompts (`shared_prefix: true`, the default): the G completions of a prompt share one pass
-over it, in the loss and in `generate` (`core/shared_prefix.py`); `make bench-grpo` measures it.
+over it, in the loss and in `generate` (`recipes/grpo_prefix.py`); `make bench-grpo` measures it.
 """
 
 import core.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
@@ -40,13 +40,13 @@ from core.guard import TrainingGuard
 from core.models import load_model_and_tokenizer, load_tokenizer
 from core.precision import has_cuda
 from core.runs import JsonlMetricsCallback, prepare_output_dir, save_final, write_run_info
-from core.shared_prefix import attach as attach_shared_prefix
 from core.timing import attach_grpo_step_timer
 from data.common import is_local
 from data.lengths import check_lengths
 from data.vi_gsm8k import DEFAULT_SOURCE, SYSTEM_PROMPT, load_vi_gsm8k
 from evaluate.gsm8k import make_training_eval_callback
 from recipes.grpo_guards import ZeroVarianceGuard
+from recipes.grpo_prefix import attach as attach_shared_prefix
 from rewards import get_reward_funcs
 
 
@@ -85,7 +85,7 @@ class GRPOScriptArguments:
             rewards that counts as "nothing to learn from".
         shared_prefix (`bool`, defaults to `True`): put each prompt through the model once per group
             of `num_generations`, in the loss passes and in Hugging Face `generate`, instead of once
-            per completion (`core/shared_prefix.py`; same log-probabilities and gradients up to float
+            per completion (`recipes/grpo_prefix.py`; same log-probabilities and gradients up to float
             rounding). Where it cannot apply (vLLM, several processes, ...) the run says so in one
             line and runs stock TRL; on Unsloth's GPU trainer its own PrefixGrouper does the loss.
     """

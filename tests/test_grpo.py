@@ -65,6 +65,10 @@ def test_grpo_trains_logs_rewards_refuses_a_used_dir_and_resumes(tmp_path):
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["reward_names"] == ["correctness", "format_soft", "tag_count", "length_penalty_40"]
     assert info["generation"] == "HF generate"
+    # The G samples of a prompt share one pass over it (recipes/grpo_prefix.py), checked on first use.
+    assert "[grpo] shared prompt: loss and generation encode each prompt once per group of 4" in first.stdout
+    sharing = info["shared_prefix"]
+    assert sharing["loss"] and sharing["generation"] and sharing["first_use_max_abs_logprob_diff"] < 1e-4
 
     adapter_bytes = (adapter / "adapter_model.safetensors").read_bytes()
     again = make_grpo(["--output_dir", str(run_dir), "--backend", "hf"], check=False)

@@ -45,9 +45,12 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-# Both arms run configs/grpo/demo.yaml, which says `backend: hf`: the recipe then never imports
-# Unsloth (core/boot.py reads the backend from the command line, which here names no config).
-os.environ.setdefault("VIRL_NO_UNSLOTH", "1")
+# Both arms run configs/grpo/demo.yaml, which says `backend: hf`: the bench then never imports
+# Unsloth (core/boot.py reads the backend from the command line, which here names no config). Only
+# when run as a command: a test that imports this module must not hand the switch to every process
+# it starts afterwards.
+if __name__ == "__main__":
+    os.environ.setdefault("VIRL_NO_UNSLOTH", "1")
 
 import core.boot  # noqa: E402,F401  (as in every entry point)
 

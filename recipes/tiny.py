@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.cli import ArgumentParser
+from core.cli import ArgumentParser, run_cli
 from core.files import staged_directory
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
@@ -173,4 +173,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # filters the known-harmless import noise, like every entry point

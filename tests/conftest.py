@@ -52,6 +52,9 @@ def recorded(seconds) -> bool:
         and seconds >= 0
 
 
+SESSION_VIRL = {name for name in os.environ if name.startswith("VIRL_")}  # when the tests started
+
+
 def child_env(env: dict | None = None, cpu_only: bool = True) -> dict[str, str]:
     """The environment of an entry point a test starts: this one, minus make's nesting variables,
     plus `env`.
@@ -62,6 +65,10 @@ def child_env(env: dict | None = None, cpu_only: bool = True) -> dict[str, str]:
     bench/gpu_check.py, which pass cpu_only=False.
     """
     full_env = dict(os.environ)
+    # The project's own switches reach a child only when the session started with them or the test
+    # passes them: a module imported in this process must not change what later children do.
+    for name in [n for n in full_env if n.startswith("VIRL_") and n not in SESSION_VIRL]:
+        full_env.pop(name)
     # Under `make test` these would make a nested `make` behave unlike a user's top-level one.
     for name in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
         full_env.pop(name, None)

@@ -16,14 +16,15 @@ memory is `peak - start`). The largest log-prob difference is the first-use chec
 computation against stock's on the first batch, at the same weights.
 
 Shapes (prompts in SmolLM2's tokens):
-    demo_G4, demo_G8, demo_G16   the demo: synthetic one-step problems with the demo's system prompt
-                                 (prompt median ~115), completions <= 32, 2 prompts per step
-    gsm_G8                       vi_gsm8k-like: the project's vi_gsm8k fixture with the vi_gsm8k
+    demo                         the demo: synthetic one-step problems with the demo's system prompt
+                                 (prompt median ~115), completions <= 32, 2 prompts x G 8 per step
+    demo_1prompt_G4/_G8/_G16     the same problems, 1 prompt per step, G = 4, 8, 16 (the G sweep)
+    gsm                          vi_gsm8k-like: the project's vi_gsm8k fixture with the vi_gsm8k
                                  system prompt (median ~250), completions of exactly 250 tokens
-                                 (min_new_tokens, in both arms), 1 prompt per step
+                                 (min_new_tokens, in both arms), 1 prompt x G 8 per step
 
-    make bench-grpo                                  # all four shapes, float32, 2 threads
-    python -m bench.grpo_prefix --shapes demo_G8 --steps 3 --threads 1
+    make bench-grpo                                  # all five shapes, float32, 2 threads
+    python -m bench.grpo_prefix --shapes demo --steps 3 --threads 1
     python -m bench.grpo_prefix --model_name_or_path runs/tiny/qwen2 --shapes tiny --out /tmp/b   # plumbing
 
 Writes `<out>/grpo_shared_prefix.json` and `.md` (default out: bench/results).

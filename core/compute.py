@@ -93,15 +93,28 @@ def tokens_trained(rows: Iterable[Mapping[str, Any]]) -> tuple[int, float]:
 
 
 def grpo_flops(n_params: int, tokens: float, num_iterations: int = 1, old_logps: bool = False,
-               reference: bool = False, train_factor: float = FORWARD_BACKWARD) -> dict[str, float]:
+               reference: bool = False, train_factor: float = FORWARD_BACKWARD,
+               saved: Mapping[str, float] | None = None) -> dict[str, float]:
     """FLOPs of a GRPO run that sampled `tokens` prompt + completion tokens in all: generation,
-    training, and the extra forwards for the old policy's and the reference's log-probabilities."""
+    training, and the extra forwards for the old policy's and the reference's log-probabilities.
+
+    `tokens` counts every prompt once per sample, as TRL does. `saved` holds the prompt tokens a
+    shared prefix did not put through the model (run_info.json's `shared_prefix.saved_tokens`:
+    `generation`, `grad` for the loss passes, `no_grad` for the old-policy and reference passes);
+    they are taken off the part that skipped them."""
+    saved = saved or {}
     parts = {
-        "generation": FORWARD * n_params * tokens,
-        "training": train_factor * n_params * tokens * num_iterations,
+        "generation": FORWARD * n_params * (tokens - saved.get("generation", 0.0)),
+        "training": train_factor * n_params * (tokens * num_iterations - saved.get("grad", 0.0)),
         "old_logps": FORWARD * n_params * tokens if old_logps else 0.0,
         "reference": FORWARD * n_params * tokens if reference else 0.0,
     }
+    extra = parts["old_logps"] + parts["reference"]
+    if extra:  # the no-grad passes' savings, shared between the two in proportion
+        kept = max(0.0, extra - FORWARD * n_params * saved.get("no_grad", 0.0)) / extra
+        parts["old_logps"] *= kept
+        parts["reference"] *= kept
+    parts = {name: max(0.0, value) for name, value in parts.items()}
     parts["total"] = sum(parts.values())
     return parts
 

@@ -314,6 +314,18 @@ def run_config(out: Path, run: str) -> dict[str, Any]:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
+def shared_prompt_tokens(run: Path) -> dict[str, float]:
+    """The prompt tokens the GRPO run's shared prefix did not put through the model, summed over its
+    sessions (run_info.json's `shared_prefix.saved_tokens`, one file per start or resume); {} when
+    the prompt was not shared."""
+    saved: dict[str, float] = {}
+    for info in sorted(run.glob("*run_info.json")):
+        found = (read_json(info) or {}).get("shared_prefix", {}).get("saved_tokens") or {}
+        for part, count in found.items():
+            saved[part] = saved.get(part, 0) + count
+    return saved
+
+
 def grpo_compute(out: Path, n_params: int) -> dict[str, Any]:
     """What the GRPO arm cost in model FLOPs: its sampled tokens generated and trained (as TRL
     logged them) and, when the demo filtered, the filter's generation."""
@@ -324,9 +336,10 @@ def grpo_compute(out: Path, n_params: int) -> dict[str, Any]:
     except ValueError as err:
         raise DemoError(f"the GRPO stage: {err}; rerun it") from None
     config = run_config(out, "grpo")
+    saved = shared_prompt_tokens(out / "grpo")
     flops = grpo_flops(n_params, tokens, num_iterations=config.get("num_iterations") or 1,
-                       old_logps=grpo_recomputes_old_logps(config), reference=bool(config.get("beta")))
-    arm = {"steps": steps, "tokens": tokens, "flops": flops["total"], "parts": flops}
+                       old_logps=grpo_recomputes_old_logps(config), reference=bool(config.get("beta")), saved=saved)
+    arm = {"steps": steps, "tokens": tokens, "flops": flops["total"], "parts": flops, "shared_prompt_saved": saved}
     report = read_json(out / "pass_rate" / "report.json")
     if report:
         tokens_used = report["tokens"]

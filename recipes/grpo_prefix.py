@@ -217,14 +217,21 @@ def shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep: int, t
 
 
 # ------------------------------------------------------------------------------- generation
-def prefilled_generate(generate, model, input_ids, attention_mask, **kwargs):
+def repeated_prompt_tokens(ids: torch.Tensor, mask: torch.Tensor) -> int:
+    """Real (unpadded) prompt tokens of the rows whose prompt an earlier row already holds."""
+    first, _ = distinct_rows(ids, mask)
+    return int(mask.sum()) - int(mask[first].sum())
+
+
+def prefilled_generate(generate, model, input_ids, attention_mask, saved: dict | None = None, **kwargs):
     """`generate(input_ids, attention_mask, **kwargs)` with each distinct prompt prefilled once.
 
     All but the last prompt column go through the model for the distinct prompts only, at the
     positions `generate` itself gives left-padded prompts (count of real tokens before, pads at 0);
     the cache is indexed out to the rows and `generate` goes on from it: it runs the last prompt
     token of every row, then samples as it always does. Falls through to plain `generate` when no
-    prompt repeats or the cache is not a full-attention dynamic one.
+    prompt repeats or the cache is not a full-attention dynamic one. `saved["generation"]` (when
+    given) grows by the prompt tokens the shared prefill did not run.
     """
     if input_ids.size(1) < 2 or kwargs.get("past_key_values") is not None:
         return generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -239,6 +246,8 @@ def prefilled_generate(generate, model, input_ids, attention_mask, **kwargs):
     if not full_attention_cache(cache):
         return generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     cache.batch_select_indices(inverse)  # a writable DynamicCache again: generate appends to it
+    if saved is not None:  # the rows' prompts but their last column ran once per distinct prompt
+        saved["generation"] = saved.get("generation", 0) + int(attention_mask[:, :-1].sum()) - int(mask.sum())
     return generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **kwargs)
 
 
@@ -262,6 +271,10 @@ class SharedPrefix:
     stock_because: dict[str, list[str]] = field(default_factory=lambda: {"loss": [], "generation": []})
     first_use_max_abs_logprob_diff: float | None = None
     unsloth_prefix_grouper: dict | None = None
+    # Prompt tokens (pads excluded) that did not go through the model because a copy of the same
+    # prompt did: in generation's prefill, in the loss passes (gradients on) and in the no-grad
+    # passes (old policy, reference). The demo's compute budget takes them off (core/compute.py).
+    saved_tokens: dict = field(default_factory=lambda: {"generation": 0, "grad": 0, "no_grad": 0})
 
     def fall_back(self, half: str, why: str) -> None:
         """Send `half` ("loss" or "generation") to the stock path from now on, saying why in one line."""
@@ -272,7 +285,7 @@ class SharedPrefix:
     def summary(self) -> dict:
         return {"loss": self.loss, "generation": self.generation, "stock_because": self.stock_because,
                 "first_use_max_abs_logprob_diff": self.first_use_max_abs_logprob_diff,
-                "unsloth_prefix_grouper": self.unsloth_prefix_grouper}
+                "unsloth_prefix_grouper": self.unsloth_prefix_grouper, "saved_tokens": dict(self.saved_tokens)}
 
 
 def stock_reasons(trainer) -> dict[str, list[str]]:
@@ -327,7 +340,7 @@ def attach(trainer, enabled: bool = True) -> SharedPrefix:
     if state.loss:
         _wrap_logps(trainer, state)
     if state.generation:
-        _wrap_generation(trainer)
+        _wrap_generation(trainer, state)
     shared = [half for half in ("loss", "generation") if getattr(state, half)]
     stock = [f"{half} stays stock ({'; '.join(why)})" for half, why in state.stock_because.items() if why]
     print("[grpo] shared prompt: " + "; ".join(
@@ -347,11 +360,14 @@ def _wrap_logps(trainer, state: SharedPrefix) -> None:
     def shared(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
         checkpointing = checkpointing_modules(unwrapped) if torch.is_grad_enabled() and unwrapped.training else []
         logps, entropies = [], []
+        kind = "grad" if torch.is_grad_enabled() else "no_grad"
         for start in range(0, input_ids.size(0), batch_size):  # stock's chunks: the same memory bound
             rows = slice(start, start + batch_size)
+            prompt = slice(None, input_ids.size(1) - logits_to_keep)
             lp, ent = shared_prefix_logps(model, input_ids[rows], attention_mask[rows], logits_to_keep,
                                           trainer.temperature, compute_entropy=compute_entropy,
                                           entropy_grad=trainer._entropy_bonus_enabled, checkpointing=checkpointing)
+            state.saved_tokens[kind] += repeated_prompt_tokens(input_ids[rows, prompt], attention_mask[rows, prompt])
             logps.append(lp)
             entropies.append(ent)
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
@@ -388,7 +404,7 @@ def _wrap_logps(trainer, state: SharedPrefix) -> None:
     trainer._get_per_token_logps_and_entropies = per_token_logps
 
 
-def _wrap_generation(trainer) -> None:
+def _wrap_generation(trainer, state: SharedPrefix) -> None:
     stock = trainer._generate_single_turn
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     plain_generate = type(unwrapped).generate.__get__(unwrapped)
@@ -399,7 +415,8 @@ def _wrap_generation(trainer) -> None:
             return stock(prompt_ids, images, multimodal_fields, *args, **kwargs)
         # TRL calls `generate` on the model it unwraps for generation, which is this one: for this
         # call only, give it the generate that prefills each distinct prompt once.
-        unwrapped.generate = functools.partial(prefilled_generate, plain_generate, unwrapped)
+        unwrapped.generate = functools.partial(prefilled_generate, plain_generate, unwrapped,
+                                               saved=state.saved_tokens)
         try:
             return stock(prompt_ids, images, multimodal_fields, *args, **kwargs)
         finally:

@@ -29,6 +29,18 @@ def test_grpo_flops(kwargs, expected):
     assert grpo_flops(N, 1000, **kwargs) == pytest.approx(expected)
 
 
+def test_grpo_flops_take_off_what_the_shared_prompt_did_not_compute():
+    # 1000 tokens sampled, 600 of them prompt copies the shared prefix skipped in the prefill and in
+    # each of two loss passes (num_iterations 2), 600 in the old policy's no-grad pass.
+    saved = {"generation": 600, "grad": 1200, "no_grad": 600}
+    parts = grpo_flops(N, 1000, num_iterations=2, old_logps=True, reference=True, saved=saved)
+    # The two no-grad passes (2N x 1000 each) lose 2N x 600 between them, in proportion: 1400N each.
+    assert parts == pytest.approx({"generation": 2 * N * 400, "training": 6 * N * 800,
+                                   "old_logps": 1400 * N, "reference": 1400 * N,
+                                   "total": 2 * N * 400 + 6 * N * 800 + 2 * 1400 * N})
+    assert grpo_flops(N, 1000, saved={})["total"] == grpo_flops(N, 1000)["total"]
+
+
 @pytest.mark.parametrize("config, expected", [
     ({"gradient_accumulation_steps": 1}, False),  # the demo: one generation per optimizer step
     ({"gradient_accumulation_steps": 4, "steps_per_generation": 4}, False),

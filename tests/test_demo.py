@@ -266,6 +266,12 @@ def test_sft_more_gets_the_steps_that_cost_the_grpo_arms_flops(tmp_path):
     (tmp_path / "pass_rate" / "report.json").unlink()
     (tmp_path / "grpo" / "config.yaml").write_text("gradient_accumulation_steps: 1\nbeta: 0.04\n")
     assert sft_more_budget(tmp_path, str(model))["steps"] == round(10 * 30000 / 9000)
+    # The shared prompt's skipped copies come off, summed over the run's sessions (a resume writes a
+    # second run_info): 2N x (30000 - 15000) + 6N x (30000 - 15000) + 2N x (30000 - 6000) = 168000 N.
+    for name, saved in (("run_info.json", {"generation": 10000, "grad": 10000, "no_grad": 0}),
+                        ("config.resume-1.run_info.json", {"generation": 5000, "grad": 5000, "no_grad": 6000})):
+        (tmp_path / "grpo" / name).write_text(json.dumps({"shared_prefix": {"saved_tokens": saved}}))
+    assert sft_more_budget(tmp_path, str(model))["steps"] == round(168000 / 9000)
 
 
 def test_grpo_step_line(tmp_path):

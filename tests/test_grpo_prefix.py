@@ -141,6 +141,14 @@ def test_same_samples_logprobs_loss_and_lora_gradients_as_stock(models, tmp_path
         made[name] = trainer._generate_and_score_completions(batch)
     a, b = made["stock"], made["shared"]
     assert torch.equal(a["completion_ids"], b["completion_ids"])  # generation: the same samples
+    # What the shared prompt did not put through the model (the demo's compute budget takes it
+    # off): in the prefill, every copy of a prompt but one, its last token excepted (each row runs
+    # it); in the no-grad passes (old policy, reference), every copy but one, whole.
+    lengths = a["prompt_mask"].sum(1).view(len(prompts), G)[:, 0]
+    assert state.saved_tokens["generation"] == int(((G - 1) * (lengths - 1)).sum())
+    no_grad_passes = (num_iterations > 1) + (beta > 0)
+    assert 0 < state.saved_tokens["no_grad"] <= no_grad_passes * int(((G - 1) * lengths).sum()) or \
+        state.saved_tokens["no_grad"] == no_grad_passes == 0
     assert torch.equal(a["advantages"], b["advantages"]) and a["advantages"].abs().sum() > 0
     mask = a["completion_mask"].bool()
     for key in ("old_per_token_logps", "ref_per_token_logps"):
@@ -174,6 +182,7 @@ def test_same_samples_logprobs_loss_and_lora_gradients_as_stock(models, tmp_path
     # ... and all of it computed the shared way: the first-use check (which would send a wrong
     # computation back to stock, hiding it from this test) passed and the wrapper stayed on.
     assert state.loss and state.first_use_max_abs_logprob_diff <= 1e-5
+    assert state.saved_tokens["grad"] > 0  # the loss passes above ran on the shared prompt
 
 
 def forward_rows(model) -> list[int]:
@@ -334,4 +343,5 @@ def test_record_in_run_info(tmp_path):
     assert info["recipe"] == "grpo"
     assert info["shared_prefix"] == {"loss": True, "generation": False,
                                      "stock_because": {"loss": [], "generation": ["vLLM generates"]},
-                                     "first_use_max_abs_logprob_diff": 1e-6, "unsloth_prefix_grouper": None}
+                                     "first_use_max_abs_logprob_diff": 1e-6, "unsloth_prefix_grouper": None,
+                                     "saved_tokens": {"generation": 0, "grad": 0, "no_grad": 0}}

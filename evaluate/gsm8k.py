@@ -748,6 +748,9 @@ class Plateau:
         return self.since_best >= self.patience
 
 
+RESTORE_BEST_MAX = 500_000_000  # trainable values a plateau stop copies to RAM (2 GB in float32)
+
+
 def make_target_stop_callback(
     dataset,
     tokenizer,
@@ -760,6 +763,7 @@ def make_target_stop_callback(
     batch_size: int = 16,
     patience: int = 0,
     min_delta: float = 0.0,
+    restore_best: bool = True,
 ):
     """A `transformers.TrainerCallback` that stops training once a held-out metric reaches a target,
     or once it stops rising.
@@ -769,8 +773,12 @@ def make_target_stop_callback(
     ``output_dir/train_eval.jsonl`` and ends training at that step (the trainer then saves as at
     a normal end) when ``metric`` (one of `TARGET_METRICS`) is at least ``target``, or - with
     ``patience`` > 0 - when ``patience`` checks in a row did not beat the best value so far by more
-    than ``min_delta`` (`Plateau`). Give a target, a patience or both. The model kept is the one at
-    the stopping step, up to ``patience * every`` steps after the best check.
+    than ``min_delta`` (`Plateau`). Give a target, a patience or both. When the plateau stops
+    training, the trainable weights go back to those of the best check (``restore_best``, kept as
+    a copy in RAM at each new best: a LoRA adapter's few MB; skipped, and said, for more than
+    `RESTORE_BEST_MAX` trainable values or weights sharded across processes), so the model saved
+    is the best one seen, not one up to ``patience * every`` steps past it. A resumed run keeps the
+    best since its resume.
 
     What they are for: an SFT priming whose job is the answer format stops as soon as the format is
     there, and an SFT baseline stops when more steps stop helping - instead of after a step count
@@ -804,6 +812,29 @@ def make_target_stop_callback(
             self.reached_at: int | None = None
             self.plateau_at: int | None = None
             self.plateau = plateau
+            self.best_weights: dict | None = None  # trainable weights at the plateau's best check
+            self.restored_step: int | None = None
+            self.restore = restore_best
+
+        def _keep_best(self, model) -> None:
+            trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+            size = sum(p.numel() for _, p in trainable)
+            why = ("they are sharded across processes" if any(p.numel() == 0 for _, p in trainable)
+                   else f"{size:,} trainable values" if size > RESTORE_BEST_MAX else None)
+            if why:
+                self.restore = False
+                console(f"[target] the best check's weights are not kept ({why}): the model saved is the one "
+                        "at the stopping step")
+                return
+            self.best_weights = {name: p.detach().to("cpu", copy=True) for name, p in trainable}
+
+        def _restore_best(self, model) -> None:
+            import torch
+
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name in self.best_weights:
+                        p.copy_(self.best_weights[name].to(p.device))
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if model is None or state.global_step % every:
@@ -813,6 +844,8 @@ def make_target_stop_callback(
             value = metrics[metric]
             reached = target is not None and value >= target
             flat = plateau is not None and plateau.update(value, state.global_step)
+            if plateau is not None and self.restore and plateau.best_step == state.global_step:
+                self._keep_best(model)
             goal = f"target {target:g}" if target is not None else "until it stops rising"
             line = (f"[target] step {state.global_step}: {metric} {value:.3f} ({goal}); format "
                     f"{metrics['format_rate']:.3f}, accuracy {metrics['accuracy']:.3f} on {metrics['n']} dev problems "
@@ -830,6 +863,10 @@ def make_target_stop_callback(
             elif flat:
                 self.plateau_at = state.global_step
                 control.should_training_stop = True
+                if self.restore and self.best_weights is not None and plateau.best_step != state.global_step:
+                    self._restore_best(model)
+                    self.restored_step = plateau.best_step
+                    console(f"[target] the weights of step {plateau.best_step} (the best check) are restored")
 
     return TargetStopCallback()
 

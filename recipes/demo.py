@@ -481,8 +481,10 @@ def sft_stop(out: Path) -> str | None:
     values = [(c["step"], c[f"target_{metric}"]) for c in checks]
     best_step, best = max(values, key=lambda sv: (sv[1], -sv[0]))  # the first of the best
     how = "stopped" if steps < cfg["max_steps"] else f"ran to its cap of {cfg['max_steps']} steps"
+    # A plateau stop puts the best check's weights back (evaluate/gsm8k.py, restore_best).
+    kept = f"; the model is step {best_step}'s" if steps < cfg["max_steps"] and best_step != steps else ""
     return (f"{how} at step {steps}; dev {metric} (greedy, {checks[-1]['n']} dev problems, every "
-            f"{cfg['target_every']} steps) best {best:.3f} at step {best_step}, last {values[-1][1]:.3f}")
+            f"{cfg['target_every']} steps) best {best:.3f} at step {best_step}, last {values[-1][1]:.3f}{kept}")
 
 
 def greedy_of(metrics: dict[str, Any]) -> float:

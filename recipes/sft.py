@@ -195,8 +195,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[target] {script_args.target_metric} >= {script_args.target_value:g} reached at step "
                   f"{target.reached_at}")
         elif target.plateau_at is not None:
+            kept = (f"; the model saved is step {target.restored_step}'s" if target.restored_step is not None
+                    else f"; the model saved is step {target.plateau_at}'s")
             print(f"[target] {script_args.target_metric} stopped rising: best {target.plateau.best:.3f} at step "
-                  f"{target.plateau.best_step}, stopped at step {target.plateau_at}")
+                  f"{target.plateau.best_step}, stopped at step {target.plateau_at}{kept}")
         else:
             print(f"[target] neither stop happened: trained all {trainer.state.global_step} steps")
     save_final(trainer, tokenizer, training_args.output_dir, model_args, run_args.save_merged)

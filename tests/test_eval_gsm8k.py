@@ -431,12 +431,14 @@ def test_target_stop_callback_checks_every_n_steps_and_stops_when_reached(tiny_m
     assert [(r["step"], r["target_format_rate"]) for r in rows] == [(2, 0.25), (4, 0.75), (6, 0.95)]
 
 
-def test_target_stop_callback_stops_when_the_dev_score_stops_rising(tiny_models, tmp_path, monkeypatch):
+def test_target_stop_callback_stops_when_the_dev_score_stops_rising(tiny_models, tmp_path, monkeypatch, capsys):
     """The SFT baseline's plateau stop: no target value, patience 2: the run ends at the second check
-    in a row that does not beat the best (ties do not count as a rise)."""
+    in a row that does not beat the best (ties do not count as a rise), and leaves the best check's
+    weights."""
     import datasets
+    import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     import evaluate.gsm8k as gsm8k
     from data.vi_gsm8k import load_vi_gsm8k
@@ -454,6 +456,13 @@ def test_target_stop_callback_stops_when_the_dev_score_stops_rising(tiny_models,
     args = TrainingArguments(output_dir=str(out), max_steps=20, save_strategy="no", logging_steps=1,
                              per_device_train_batch_size=2, report_to=[], use_cpu=True)
     trainer = Trainer(model=model, args=args, train_dataset=train)
+    seen = {}  # the LoRA weights after each step, recorded before the stop callback runs
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    trainer.add_callback(Record())
     stop = gsm8k.make_target_stop_callback(dev, tokenizer, out, metric="accuracy", every=1, limit=4, patience=2)
     trainer.add_callback(stop)
     trainer.train()
@@ -462,6 +471,12 @@ def test_target_stop_callback_stops_when_the_dev_score_stops_rising(tiny_models,
     assert trainer.state.global_step == 6 and stop.plateau_at == 6 and stop.reached_at is None
     assert (stop.plateau.best, stop.plateau.best_step) == (0.75, 4)
     assert [r["target_accuracy"] for r in _read_jsonl(out / gsm8k.TRAIN_EVAL_FILE)] == [0.25, 0.5, 0.5, 0.75, 0.5, 0.75]
+    # The model left is the best check's (step 4), not the stopping step's.
+    assert stop.restored_step == 4
+    final = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(final[n], w) for n, w in seen[4].items())
+    assert any(not torch.equal(final[n], w) for n, w in seen[6].items())
+    assert "[target] the weights of step 4 (the best check) are restored" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("values, patience, min_delta, stops_at", [

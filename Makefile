@@ -157,7 +157,7 @@ plot: $(STAMP) ## plot and compare runs from their metrics.jsonl, live ones too:
 
 # The offline demo: every stage is one of the targets above, run by recipes/demo.py with the
 # configs/{eval,sft,grpo}/demo.yaml settings on the embedded model and synthetic problems.
-demo: $(STAMP) ## GRPO against the best SFT the same FLOPs buy, on a CPU, offline (not yet calibrated; README): SFT to its plateau -> pass-rate filter -> GRPO vs SFT continued -> runs/demo/report.md, summary.json [ARGS="--resume"]
+demo: $(STAMP) ## GRPO against the best SFT the same FLOPs buy, on a CPU, offline (about 2 h; not yet calibrated; README): SFT to its plateau -> pass-rate filter -> GRPO vs SFT continued -> runs/demo/report.md, summary.json [ARGS="--resume"]
 	$(PY) -m recipes.demo $(ARGS)
 
 demo-quick: $(STAMP) $(TINY)/.complete ## the demo's plumbing on the tiny random model (~2 min) -> runs/demo-quick/report.md, summary.json

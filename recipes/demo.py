@@ -117,7 +117,7 @@ DATA_DEFAULTS = {"n_train": 1000, "n_test": 500, "n_test_ood": 500, "n_dev": 128
 # the user's --<stage>_args). NOT YET CALIBRATED - starting points from the measurements in the
 # README (issue 26): the plateaued SFT model had pass@8 0.950 against greedy 0.840 at T=1.0;
 # GRPO from it on all problems lost accuracy at lr 1e-4 and held it at 2e-5 with 3-6 of 8 groups
-# agreeing. Each calibration run takes 25-60 minutes on 2 cores.
+# agreeing. A run with these defaults needs about 2 hours on 2 cores (the stages measured: README).
 DESIGN = {
     # constant rate: the continued arm then continues the same SFT, not a fresh cosine restart
     "sft_args": ("--max_steps 400 --lr_scheduler_type constant_with_warmup --target_metric accuracy "

@@ -399,29 +399,36 @@ def test_training_eval_callback_logs_and_restores_the_model(tiny_models, tmp_pat
     assert os.path.isdir(out / "checkpoint-2")
 
 
-def test_target_stop_callback_checks_every_n_steps_and_stops_when_reached(tiny_models, tmp_path, monkeypatch):
-    """The SFT priming's stop-by-target: a check every 2 steps, training ends at the first check
-    that reaches the target (the scores are scripted; the trainer, the steps and the file are real)."""
+def _tiny_lora_trainer(tiny_models, tmp_path, dev_limit):
+    """A real Trainer on the tiny Qwen2 with LoRA, four one-line rows, up to 20 steps, and dev
+    problems from the fixture: what the target-stop tests drive (their scores are scripted)."""
     import datasets
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    import evaluate.gsm8k as gsm8k
     from data.vi_gsm8k import load_vi_gsm8k
+
+    model, tokenizer = _load(tiny_models / "qwen2")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    ids = tokenizer(["Lan có 12 quả táo. #### 12"] * 4)["input_ids"]
+    train = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    dev = load_vi_gsm8k(FIXTURE, split="test", limit=dev_limit, seed=0)
+    out = tmp_path / "run"
+    args = TrainingArguments(output_dir=str(out), max_steps=20, save_strategy="no", logging_steps=1,
+                             per_device_train_batch_size=2, report_to=[], use_cpu=True)
+    return model, tokenizer, Trainer(model=model, args=args, train_dataset=train), dev, out
+
+
+def test_target_stop_callback_checks_every_n_steps_and_stops_when_reached(tiny_models, tmp_path, monkeypatch):
+    """The SFT priming's stop-by-target: a check every 2 steps, training ends at the first check
+    that reaches the target (the scores are scripted; the trainer, the steps and the file are real)."""
+    import evaluate.gsm8k as gsm8k
 
     scripted = iter([0.25, 0.75, 0.95, 1.0])
     monkeypatch.setattr(gsm8k, "_score_now", lambda *a, **k: ({"n": 3, "accuracy": 0.1, "accuracy_strict": 0.1,
                                                               "format_rate": next(scripted),
                                                               "mean_completion_tokens": 9.0}, 0.5))
-    model, tokenizer = _load(tiny_models / "qwen2")
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    ids = tokenizer(["Lan có 12 quả táo. #### 12"] * 4)["input_ids"]
-    train = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
-    dev = load_vi_gsm8k(FIXTURE, split="test", limit=5, seed=0)
-    out = tmp_path / "run"
-    args = TrainingArguments(output_dir=str(out), max_steps=20, save_strategy="no", logging_steps=1,
-                             per_device_train_batch_size=2, report_to=[], use_cpu=True)
-    trainer = Trainer(model=model, args=args, train_dataset=train)
+    _, tokenizer, trainer, dev, out = _tiny_lora_trainer(tiny_models, tmp_path, dev_limit=5)
     target = gsm8k.make_target_stop_callback(dev, tokenizer, out, metric="format_rate", target=0.9, every=2, limit=3)
     trainer.add_callback(target)
     trainer.train()
@@ -435,27 +442,16 @@ def test_target_stop_callback_stops_when_the_dev_score_stops_rising(tiny_models,
     """The SFT baseline's plateau stop: no target value, patience 2: the run ends at the second check
     in a row that does not beat the best (ties do not count as a rise), and leaves the best check's
     weights."""
-    import datasets
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback
 
     import evaluate.gsm8k as gsm8k
-    from data.vi_gsm8k import load_vi_gsm8k
 
     scripted = iter([0.25, 0.5, 0.5, 0.75, 0.5, 0.75, 1.0])
     monkeypatch.setattr(gsm8k, "_score_now", lambda *a, **k: ({"n": 4, "accuracy": next(scripted),
                                                               "accuracy_strict": 0.1, "format_rate": 1.0,
                                                               "mean_completion_tokens": 9.0}, 0.5))
-    model, tokenizer = _load(tiny_models / "qwen2")
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    ids = tokenizer(["Lan có 12 quả táo. #### 12"] * 4)["input_ids"]
-    train = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
-    dev = load_vi_gsm8k(FIXTURE, split="test", limit=4, seed=0)
-    out = tmp_path / "run"
-    args = TrainingArguments(output_dir=str(out), max_steps=20, save_strategy="no", logging_steps=1,
-                             per_device_train_batch_size=2, report_to=[], use_cpu=True)
-    trainer = Trainer(model=model, args=args, train_dataset=train)
+    model, tokenizer, trainer, dev, out = _tiny_lora_trainer(tiny_models, tmp_path, dev_limit=4)
     seen = {}  # the LoRA weights after each step, recorded before the stop callback runs
 
     class Record(TrainerCallback):
